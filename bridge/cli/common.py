@@ -90,8 +90,9 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def between(minimum: int, maximum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number from `minimum` to `maximum`, else an error naming the value."""
+def between(minimum: int, maximum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from `minimum` to `maximum`, else an error naming the value (and `why`, when
+    given: why the bound, and what to do instead)."""
 
     def parse(text: str) -> int:
         try:
@@ -99,7 +100,8 @@ def between(minimum: int, maximum: int) -> Callable[[str], int]:
         except ValueError:
             value = None
         if value is None or not minimum <= value <= maximum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {minimum} to {maximum}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {minimum} to {maximum}"
+                                             + (f": {why}" if why else ""))
         return value
 
     return parse

@@ -38,6 +38,7 @@ from bridge.console.models import (
 from bridge.delivery.orphans import mark_dead
 from bridge.delivery.replay import (
     REPLAY_CHUNK,
+    ReplayStopped,
     mark_succeeded,
     replay_deliveries,
     reset_conversation,
@@ -54,6 +55,14 @@ T = TypeVar("T")
 URL_HELP = f"a running server's address: go through its admin API, with the token in ${TOKEN_ENV}"
 
 
+LIST_MOST = 10_000
+"""The most deliveries `deliveries list` lists at once (--limit): they are held together (the store's read, or the
+API's pages joined) and the table lines its columns up over all of them, so that a --limit of millions on a large
+store held every row. More are listed a listing at a time, each after the last one's id (--before)."""
+LIST_MOST_WHY = ("the deliveries listed are held at once (and a table lines up over them all); list more a "
+                 "listing at a time, each with --before the last id the one before listed")
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     d = sub.add_parser("deliveries", help="list and inspect deliveries")
     dsub = d.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -63,7 +72,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     lst.add_argument("--source")
     lst.add_argument("--mapping")
     lst.add_argument("--conversation", help="only this conversation's deliveries (its id, `mapping|key`)")
-    lst.add_argument("--limit", type=at_least(1), default=50)
+    lst.add_argument("--limit", type=between(1, LIST_MOST, LIST_MOST_WHY), default=50,
+                     help=f"how many deliveries, at most {LIST_MOST}")
     lst.add_argument("--before", help="page: only deliveries older than this id")
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     lst.add_argument("--url", help=URL_HELP)
@@ -592,10 +602,20 @@ def run_replay(args: argparse.Namespace) -> int:
                 print(f"--destination {args.destination}: {unknown[1]}", file=sys.stderr)
                 return 2
         started = time.monotonic()
-        moved, refused = await replay_deliveries(store, ids, mappings, vars_, destinations=config.destinations,
-                                                 dry_run=args.dry_run, rerender_hint="--rerender",
-                                                 progress=lambda done: _progress(done, len(ids), started),
-                                                 with_mapping=args.mapping)
+        try:
+            moved, refused = await replay_deliveries(store, ids, mappings, vars_, destinations=config.destinations,
+                                                     dry_run=args.dry_run, rerender_hint="--rerender",
+                                                     progress=lambda done: _progress(done, len(ids), started),
+                                                     with_mapping=args.mapping)
+        except ReplayStopped as stopped:  # those moved before the error stand: said first
+            _report(ReplayResult(dry_run=False, matched=ids, replayed=stopped.moved,
+                                 refused=[Refusal(id=i, reason=r) for i, r in sorted(stopped.refused.items())],
+                                 mappings_version=mappings.version if mappings is not None else None),
+                    "a running server", used)
+            left = len(ids) - len(stopped.moved) - len(stopped.refused)
+            print(f"the replay stopped there: {stopped.cause}; the other {left} deliveries were not replayed "
+                  "(run it again for them: those replayed above are refused as pending)", file=sys.stderr)
+            return 2
         return _report(ReplayResult(dry_run=args.dry_run, matched=ids, replayed=moved,
                                     refused=[Refusal(id=i, reason=r) for i, r in sorted(refused.items())],
                                     mappings_version=mappings.version if mappings is not None else None),

@@ -61,6 +61,7 @@ from bridge.delivery.coordination import Gate
 from bridge.delivery.orphans import mark_dead, unconfigured
 from bridge.delivery.replay import (
     REPLAY_CHUNK,
+    ReplayStopped,
     mark_succeeded,
     replay_deliveries,
     reset_conversation,
@@ -788,19 +789,35 @@ async def replay(call: Call) -> ReplayResult:
                  "source": rt.config.sources})) is not None:
             raise ApiError(409, f"body.{unknown[0]}: {unknown[1]}")
         mappings = rt.mappings if rerender else None
-        moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars,
-                                                 destinations=rt.config.destinations, dry_run=given.dry_run,
-                                                 rerender_hint="rerender", with_mapping=given.rerender_mapping)
+        try:
+            moved, refused = await replay_deliveries(store, ids, mappings, rt.config.vars,
+                                                     destinations=rt.config.destinations, dry_run=given.dry_run,
+                                                     rerender_hint="rerender", with_mapping=given.rerender_mapping)
+        except ReplayStopped as stopped:  # those moved before the error stand: audited, then the error answered
+            try:
+                await _replayed(call, rerender, stopped.moved, stopped.refused, stopped=type(stopped.cause).__name__)
+            except Exception:  # the store that stopped the replay may refuse the audit too: the log names them
+                log.exception("admin.replay_audit_failed", replayed=len(stopped.moved))
+            raise stopped.cause from None
     if moved:  # none on a dry run
-        await _audit(call, "deliveries.rerender" if rerender else "deliveries.replay",
-                     moved[0] if len(moved) == 1 else f"{len(moved)} deliveries",
-                     {"ids": moved[:1000], "count": len(moved), "refused": len(refused),
-                      **({"mapping": given.rerender_mapping} if given.rerender_mapping else {})})
-        if rt.dispatcher is not None:
-            rt.dispatcher.notify(set(rt.dispatcher.lanes))
+        await _replayed(call, rerender, moved, refused)
     return ReplayResult(dry_run=given.dry_run, matched=ids, replayed=moved,
                         refused=[Refusal(id=i, reason=r) for i, r in refused.items()],
                         mappings_version=mappings.version if mappings is not None else None, next_cursor=more)
+
+
+async def _replayed(call: Call, rerender: bool, moved: list[str], refused: dict[str, str], *,
+                    stopped: str | None = None) -> None:
+    """Audit a replay's moved deliveries (`stopped`: the error that ended it before the rest, when one did) and
+    tell the lanes."""
+    given: ReplayBody = call.body
+    await _audit(call, "deliveries.rerender" if rerender else "deliveries.replay",
+                 moved[0] if len(moved) == 1 else f"{len(moved)} deliveries",
+                 {"ids": moved[:1000], "count": len(moved), "refused": len(refused),
+                  **({"mapping": given.rerender_mapping} if given.rerender_mapping else {}),
+                  **({"stopped_by": stopped} if stopped else {})})
+    if call.rt.dispatcher is not None:
+        call.rt.dispatcher.notify(set(call.rt.dispatcher.lanes))
 
 
 async def _give_ticket(call: Call, write: Callable[..., Awaitable[str | None]]) -> str | None:

@@ -15,12 +15,26 @@ from bridge.mapping.mappingset import MappingSet
 from bridge.routing import rerender_bodies
 from bridge.store.base import AttemptResult, AuditEntry, ConversationRow, DeliveryDetail, Store
 
+log = structlog.get_logger("bridge.delivery.replay")
+
 REPLAY_CHUNK = 500
 REPLAY_RENDERED_CHARS = 8 << 20
 """The most a re-rendered part of a chunk's new bodies weighs as text (`text_weight`: a character each, about a
 byte in the store) before the store is given them, the part ending with the body that takes it past this (one
 heavier alone). A chunk's 500 bodies were held at once, each up to a million characters a field (a mail's text
 quoted): hundreds of MiB."""
+
+
+class ReplayStopped(Exception):
+    """A replay an error stopped (`cause`) after it had moved some deliveries: those (`moved`) are pending again,
+    each part of a chunk committed on its own, and the rest were not replayed; `refused` says why each one looked at
+    before the error was left out. The caller is to say so, and audit those moved, before it reports the error."""
+
+    def __init__(self, moved: list[str], refused: dict[str, str], cause: Exception) -> None:
+        super().__init__(f"the replay stopped after moving {len(moved)} deliveries: {cause}")
+        self.moved = moved
+        self.refused = refused
+        self.cause = cause
 
 
 UNDER_WAY = "it was under way when this replay came (replayed meanwhile, or retrying) and "
@@ -95,41 +109,47 @@ async def replay_deliveries(store: Store, ids: list[str], mappings: MappingSet |
     refused: dict[str, str] = {}
     moved: list[str] = []
     configured = set(destinations)
-    for start in range(0, len(ids), REPLAY_CHUNK):
-        chunk = ids[start:start + REPLAY_CHUNK]
-        # Every delivery is replayable (succeeded, dead) or under way (refused below): any to a destination the
-        # config no longer names is refused here, found by one look-up of the chunk's destinations.
-        to_gone = await _to_gone(store, chunk, configured)
-        if to_gone:
-            refused.update(to_gone)
-            chunk = [i for i in chunk if i not in to_gone]
-        while chunk:  # re-rendered, a part at a time: its new bodies REPLAY_RENDERED_CHARS at most
-            part, chunk, bodies = chunk, [], None
-            if mappings is not None:
-                bodies, not_rendered, taken = await rerender_bodies(store, part, mappings, vars_, with_mapping,
-                                                                    max_chars=REPLAY_RENDERED_CHARS)
-                part, chunk = part[:taken], part[taken:]
-                refused.update(not_rendered)
-                part = [i for i in part if i in bodies]
-            if dry_run:
-                for i in part:
-                    try:
-                        d = await store.get_delivery(i)
-                    except NotFound:
-                        refused[i] = "no such delivery"
-                        continue
-                    if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
-                        refused[i] = _stuck(d, rerender_hint)
-            elif part:
-                moved.extend(await store.replay(part, bodies, mapping=with_mapping if bodies is not None else None))
-        if progress is not None:
-            progress(min(start + REPLAY_CHUNK, len(ids)))
+    try:
+        for start in range(0, len(ids), REPLAY_CHUNK):
+            chunk = ids[start:start + REPLAY_CHUNK]
+            # Every delivery is replayable (succeeded, dead) or under way (refused below): any to a destination the
+            # config no longer names is refused here, found by one look-up of the chunk's destinations.
+            to_gone = await _to_gone(store, chunk, configured)
+            if to_gone:
+                refused.update(to_gone)
+                chunk = [i for i in chunk if i not in to_gone]
+            while chunk:  # re-rendered, a part at a time: its new bodies REPLAY_RENDERED_CHARS at most
+                part, chunk, bodies = chunk, [], None
+                if mappings is not None:
+                    bodies, not_rendered, taken = await rerender_bodies(store, part, mappings, vars_, with_mapping,
+                                                                        max_chars=REPLAY_RENDERED_CHARS)
+                    part, chunk = part[:taken], part[taken:]
+                    refused.update(not_rendered)
+                    part = [i for i in part if i in bodies]
+                if dry_run:
+                    for i in part:
+                        try:
+                            d = await store.get_delivery(i)
+                        except NotFound:
+                            refused[i] = "no such delivery"
+                            continue
+                        if d.delivery.status in ("pending", "in_flight") or (d.body is None and bodies is None):
+                            refused[i] = _stuck(d, rerender_hint)
+                elif part:
+                    moved.extend(await store.replay(part, bodies,
+                                                    mapping=with_mapping if bodies is not None else None))
+            if progress is not None:
+                progress(min(start + REPLAY_CHUNK, len(ids)))
+    except Exception as exc:  # a part committed stands: say which, whatever stopped the rest
+        if not moved:
+            raise
+        log.error("replay.stopped", replayed=len(moved), ids=moved[:1000], error=type(exc).__name__)
+        raise ReplayStopped(moved, refused, exc) from exc
     if not dry_run:
         for i in sorted(set(ids) - set(moved) - set(refused)):
             refused[i] = await _why_not(store, i, rerender_hint)
     return moved, refused
 
-log = structlog.get_logger("bridge.delivery.replay")
 
 MARKED = "marked"
 """The classification of the attempt an operator's mark-succeeded records (no request is made)."""

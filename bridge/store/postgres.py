@@ -1141,21 +1141,25 @@ class PostgresStore(Store):
         a turn of the loop between them once they pass TURN_BYTES (`Turns`): looked through one after another, a
         page (REFS_PAGE events, each up to DECODE_AT_ONCE_BYTES) held it about 0.5 ms per MiB, 41-44 ms for 100
         events just under 1 MiB. A page's rows, fetched at once, are bounded by their bytes as well (REFS_PAGE_SQL,
-        REFS_PAGE_BYTES); the next starts after its last event by (received_at, id), so that each event before the
-        cutoff is looked through once, however many share its time."""
+        REFS_PAGE_BYTES), each asking for about as many rows as the page before held (`refs_page_rows`); the next
+        starts after its last event by (received_at, id), so that each event before the cutoff is looked through
+        once, however many share its time."""
         refs: set[str] = set()
         turns = Turns()
         position: tuple[int, str] = (NEVER, "")
+        asked = REFS_PAGE
         while True:
-            async def page(conn: Any, start: tuple[int, str] = position) -> list[Any]:
-                rows: list[Any] = await conn.fetch(REFS_PAGE_SQL, received_before_ms, start[0], start[1], REFS_PAGE,
+            async def page(conn: Any, start: tuple[int, str] = position, limit: int = asked) -> list[Any]:
+                rows: list[Any] = await conn.fetch(REFS_PAGE_SQL, received_before_ms, start[0], start[1], limit,
                                                    DECODE_AT_ONCE_BYTES, REFS_PAGE_BYTES)
                 return rows
 
             rows = await self._run(page, transaction=False)
-            last = len(rows) < REFS_PAGE and sum(r[2] for r in rows) < REFS_PAGE_BYTES
+            size = sum(r[2] for r in rows)
+            last = len(rows) < asked and size < REFS_PAGE_BYTES
             if not last:
                 position = (rows[-1][0], rows[-1][1])
+                asked = refs_page_rows(asked, len(rows), size)
             while rows:  # from the page's end, each row let go once looked through (see loop_turns)
                 r = rows.pop()
                 if r[3] is not None:
@@ -1197,6 +1201,14 @@ class PostgresStore(Store):
 
         return await self._run(op, transaction=False)
 
+
+def refs_page_rows(asked: int, kept: int, size: int) -> int:
+    """How many events the next page of retention's scan asks PostgreSQL for (REFS_PAGE_SQL's LIMIT), after a page
+    that asked for `asked` and kept `kept` events of `size` bytes: twice as many as it kept when its bytes ended it
+    (large mails), else twice as many as it asked; REFS_PAGE at most. The statement adds up the lengths of every
+    row its LIMIT lets through before the bytes end the page: asking for REFS_PAGE each time, a page of 8 events
+    just over 1 MiB read 2,000 rows for them (1.5-1.7 ms a page, 0.16-0.19 asking for twice the page before's)."""
+    return min(REFS_PAGE, 2 * (kept if size >= REFS_PAGE_BYTES else asked))
 
 
 REFS_PAGE_SQL = (

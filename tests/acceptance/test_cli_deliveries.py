@@ -6,11 +6,14 @@ import json
 import sqlite3
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bridge.cli import main
-from bridge.cli.deliveries import UNMATCHED_PAGE
+from bridge.cli.deliveries import LIST_MOST, UNMATCHED_PAGE
+from bridge.delivery import replay as replay_module
+from bridge.errors import StoreUnavailable
 from bridge.events import Event
 from bridge.store.base import AttemptResult, NewDelivery
 from bridge.store.sqlite import SqliteStore
@@ -99,7 +102,8 @@ def test_a_limit_below_one_is_refused(config_file: Path, capsys: pytest.CaptureF
         with pytest.raises(SystemExit) as exit_:
             main([*verb, "-c", str(config_file), "--limit", bad])
         assert exit_.value.code == 2
-        assert f"argument --limit: '{bad}' is not a whole number >= 1" in capsys.readouterr().err
+        allowed = f"from 1 to {LIST_MOST}" if verb[0] == "deliveries" else ">= 1"
+        assert f"argument --limit: '{bad}' is not a whole number {allowed}" in capsys.readouterr().err
 
 
 def test_show_prints_event_body_and_attempts(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,15 +231,50 @@ def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFi
     assert "nope.yaml: no such config file" in err
 
 
-def test_a_value_the_store_refuses_is_named_and_exits_2(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """An int past 64 bits, which SQLite refuses (its IntegrityError or OverflowError): the arguments the store was
-    given and the refusal are named, no traceback, exit 2. (`events unmatched` asks the store for a page at a time,
+@pytest.mark.parametrize("limit", [LIST_MOST + 1, 2**70])
+def test_a_listing_past_its_most_is_refused_naming_the_flag_the_value_and_the_most(
+        config_file: Path, capsys: pytest.CaptureFixture[str], limit: int) -> None:
+    """`deliveries list` holds the deliveries it lists at once, and its table lines up over them all: a --limit past
+    LIST_MOST (any, up to past 64 bits, which the store refused) is refused before the store is opened, naming the
+    flag, its value, the most and how to list more; exit 2. (`events unmatched` asks the store for a page at a time,
     never more than UNMATCHED_PAGE: such a limit lists every event, below.)"""
-    code, out, err = run(capsys, "deliveries", "list", "-c", str(config_file), "--limit", str(2**70))
-    assert (code, out) == (2, "")
-    assert err.startswith(f"the store refused a value given: --limit {2**70} (SQLite ")
-    assert err.endswith("it can be neither kept nor looked up as given, and is refused the same way on every try; "
-                        "nothing was changed\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["deliveries", "list", "-c", str(config_file), "--limit", str(limit)])
+    out, err = capsys.readouterr()
+    assert (exit_.value.code, out) == (2, "")
+    assert (f"argument --limit: '{limit}' is not a whole number from 1 to {LIST_MOST}: the deliveries listed are "
+            "held at once (and a table lines up over them all); list more a listing at a time, each with --before "
+            "the last id the one before listed\n") in err
+
+
+def test_a_listing_of_the_most_is_listed(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "deliveries", "list", "-c", str(config_file), "--limit", str(LIST_MOST), "--json")
+    assert code == 0
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ["dlv_4", "dlv_3", "dlv_2", "dlv_1"]
+
+
+def test_a_replay_an_error_stops_after_a_part_says_what_it_replayed(
+        config_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-rendered replay goes to the store a part at a time, each its own change: when the store fails on the
+    second part, the first part's delivery stays replayed, and the replay says so, then the error, and exits 2
+    (the error alone said nothing of what was replayed)."""
+    monkeypatch.setattr(replay_module, "REPLAY_RENDERED_CHARS", 1)  # a part for each body
+    original = SqliteStore.replay
+    parts: list[list[str]] = []
+
+    async def failing_second(store: SqliteStore, part: list[str], *args: Any, **kwargs: Any) -> list[str]:
+        parts.append(list(part))
+        if len(parts) == 2:
+            raise StoreUnavailable("the disk is full")
+        return await original(store, part, *args, **kwargs)
+
+    monkeypatch.setattr(SqliteStore, "replay", failing_second)
+    code, out, err = run(capsys, "replay", "-c", str(config_file), "--rerender", "dlv_2", "dlv_3")
+    assert parts == [["dlv_2"], ["dlv_3"]]
+    assert code == 2
+    assert out.startswith("replayed 1 of 2 deliveries")
+    assert ("the replay stopped there: the disk is full; the other 1 deliveries were not replayed (run it again "
+            "for them: those replayed above are refused as pending)\n") in err
 
 
 UNMATCHED = 40

@@ -17,6 +17,8 @@ from aiohttp.test_utils import TestClient
 from bridge.console.api import ROUTES
 from bridge.console.models import REPLAY_MOST
 from bridge.console.openapi import spec
+from bridge.delivery import replay as replay_module
+from bridge.errors import StoreUnavailable
 from bridge.events import Event
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
@@ -196,6 +198,45 @@ async def test_a_dead_delivery_is_found_replayed_and_the_change_audited(write_co
     assert (entry["actor"], entry["action"], entry["target"]) == ("admin", "deliveries.replay", dead["id"])
     again = await post(client, "/admin/api/replay", {"ids": [dead["id"], "dlv_missing"], "dry_run": True})
     assert again["refused"] == [{"id": "dlv_missing", "reason": "no such delivery"}]
+
+
+async def test_a_replay_an_error_stops_after_a_part_audits_what_it_moved(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-rendered replay is handed to the store a part at a time, each its own change: when the store fails on
+    the second part, the first part's delivery stays replayed, and the audit log says so (and what stopped it)
+    before the error is answered (503). The audit was written only once every part was in, so this one went
+    unrecorded."""
+    client = await start(write_config, bridge_client)
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+    sim.faults = Faults(fail_count=-1, fail_status=500)
+    for title in ("one", "two"):
+        assert (await client.post("/hooks/partner", json={"title": title})).status == 202
+    await eventually(lambda: _count(client, 2, status="dead"))
+    dead = sorted(d["id"] for d in await deliveries(client, status="dead"))
+    monkeypatch.setattr(replay_module, "REPLAY_RENDERED_CHARS", 1)  # a part for each body
+    store = runtime(client).store
+    assert store is not None
+    original = store.replay
+    parts: list[list[str]] = []
+
+    async def failing_second(part: list[str], *args: Any, **kwargs: Any) -> list[str]:
+        parts.append(list(part))
+        if len(parts) == 2:
+            raise StoreUnavailable("the disk is full")
+        moved: list[str] = await original(part, *args, **kwargs)
+        return moved
+
+    monkeypatch.setattr(store, "replay", failing_second)
+    resp = await client.post("/admin/api/replay", json={"ids": dead, "rerender": True}, headers=ADMIN)
+    assert resp.status == 503, await resp.text()
+    [entry] = (await get(client, "/admin/api/audit"))["items"]
+    assert (entry["action"], entry["target"]) == ("deliveries.rerender", parts[0][0])
+    assert entry["detail"]["ids"] == parts[0]
+    assert entry["detail"]["stopped_by"] == "StoreUnavailable"
+
+
+async def _count(client: Client, n: int, **params: Any) -> bool:
+    return len(await deliveries(client, **params)) == n
 
 
 async def test_one_replay_call_takes_at_most_replay_most_ids_and_matches_together(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from bridge.delivery import replay as replay_module
-from bridge.delivery.replay import replay_deliveries, set_ticket
+from bridge.delivery.replay import ReplayStopped, replay_deliveries, set_ticket
+from bridge.errors import StoreUnavailable
 from bridge.events import Event
+from bridge.mapping.compiled import CompiledMapping
 from bridge.mapping.mappingset import MappingSet, compile_document
 from bridge.store.base import NewDelivery
 from bridge.store.memory import MemoryStore
@@ -119,13 +122,8 @@ LONG = 100_000
 """Characters of each event's text, quoted by its re-rendered body."""
 
 
-@pytest.mark.parametrize("dry_run", [False, True])
-async def test_re_rendered_bodies_are_handed_to_the_store_a_part_at_a_time(
-        store: SqliteStore, monkeypatch: pytest.MonkeyPatch, dry_run: bool) -> None:
-    """A chunk's re-rendered bodies are held a part at a time, each part ended by the body that takes their weight
-    as text past REPLAY_RENDERED_CHARS (here two and a half bodies'): the chunk's 500 were rendered, and held,
-    all at once, each up to a million characters a field (a mail's text quoted). Every delivery is moved, with its
-    new body; a dry run renders each and moves none."""
+async def long_mails(store: SqliteStore) -> tuple[list[str], CompiledMapping]:
+    """Seven dead deliveries of events whose text is LONG characters, and the mapping that quotes it."""
     doc = load_yaml(MAIL_MAPPING, "partner.yaml")
     mapping, errors = compile_document(doc, "partner", "v2", {"partner"}, {"kapture": frozenset({"create_ticket"})})
     assert errors == [] and mapping is not None
@@ -134,6 +132,17 @@ async def test_re_rendered_bodies_are_handed_to_the_store_a_part_at_a_time(
         event = Event.new(source="partner", kind="json", channel="webhook",
                           payload={"title": f"t{n}", "text": str(n) * LONG})
         await store.accept(event, [_delivery(i, {"title": "old"}, "dead")], 0)
+    return ids, mapping
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_re_rendered_bodies_are_handed_to_the_store_a_part_at_a_time(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch, dry_run: bool) -> None:
+    """A chunk's re-rendered bodies are held a part at a time, each part ended by the body that takes their weight
+    as text past REPLAY_RENDERED_CHARS (here two and a half bodies'): the chunk's 500 were rendered, and held,
+    all at once, each up to a million characters a field (a mail's text quoted). Every delivery is moved, with its
+    new body; a dry run renders each and moves none."""
+    ids, mapping = await long_mails(store)
     monkeypatch.setattr(replay_module, "REPLAY_RENDERED_CHARS", LONG * 5 // 2)
     parts: list[list[str]] = []
     calls_through(monkeypatch, store, "replay", lambda part, *_args, **_kw: parts.append(list(part)))
@@ -151,6 +160,44 @@ async def test_re_rendered_bodies_are_handed_to_the_store_a_part_at_a_time(
     assert moved == ids
     for n, i in enumerate(ids):
         assert (await store.get_delivery(i)).body == {"title": f"t{n}", "comment": str(n) * LONG}
+
+
+async def test_a_replay_stopped_by_an_error_after_a_part_names_the_deliveries_it_moved(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each part of a chunk is its own change: an error on the second part's leaves the first part's deliveries
+    pending with their new bodies, and the replay says so (ReplayStopped naming them and the error), so that the
+    caller reports and audits them; the error alone said nothing of them."""
+    ids, mapping = await long_mails(store)
+    monkeypatch.setattr(replay_module, "REPLAY_RENDERED_CHARS", LONG * 5 // 2)
+    original = store.replay
+    calls: list[list[str]] = []
+
+    async def failing_second(part: list[str], *args: Any, **kwargs: Any) -> list[str]:
+        calls.append(part)
+        if len(calls) == 2:
+            raise StoreUnavailable("the disk is full")
+        return await original(part, *args, **kwargs)
+
+    monkeypatch.setattr(store, "replay", failing_second)
+    with pytest.raises(ReplayStopped) as stopped:
+        await replay_deliveries(store, ids, MappingSet.build([mapping]), {}, destinations=["kapture"],
+                                dry_run=False, rerender_hint="--again")
+    assert stopped.value.moved == ids[:3]
+    assert isinstance(stopped.value.cause, StoreUnavailable)
+    assert [(await store.get_delivery(i)).delivery.status for i in ids] == ["pending"] * 3 + ["dead"] * 4
+
+
+async def test_a_replay_stopped_before_it_moved_any_raises_the_error_itself(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing moved, nothing to tell beyond the error: it is raised as it came."""
+
+    async def failing(*_args: Any, **_kwargs: Any) -> list[str]:
+        raise StoreUnavailable("the disk is full")
+
+    monkeypatch.setattr(store, "replay", failing)
+    with pytest.raises(StoreUnavailable):
+        await replay_deliveries(store, ["dlv_dead"], None, {}, destinations=["kapture"], dry_run=False,
+                                rerender_hint="--again")
 
 
 @pytest.mark.parametrize(("outcome", "reason"), [
