@@ -18,7 +18,7 @@ from bridge.console.api import ROUTES
 from bridge.console.models import REPLAY_MOST
 from bridge.console.openapi import spec
 from bridge.delivery import replay as replay_module
-from bridge.errors import StoreUnavailable
+from bridge.errors import StoreRefused, StoreUnavailable
 from bridge.events import Event
 from bridge.simulators.faults import Faults
 from bridge.simulators.kapture import KaptureSimulator
@@ -233,6 +233,42 @@ async def test_a_replay_an_error_stops_after_a_part_audits_what_it_moved(
     assert (entry["action"], entry["target"]) == ("deliveries.rerender", parts[0][0])
     assert entry["detail"]["ids"] == parts[0]
     assert entry["detail"]["stopped_by"] == "StoreUnavailable"
+
+
+async def test_a_replay_the_store_refuses_after_a_part_says_what_stays_replayed(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value the store refuses in the second part of a re-rendered replay: the first part stays replayed, and the
+    answer (422) says so and names it, where it said "nothing was changed"."""
+    client = await start(write_config, bridge_client)
+    sim: KaptureSimulator = runtime(client).simulators["kapture"]
+    sim.faults = Faults(fail_count=-1, fail_status=500)
+    for title in ("one", "two"):
+        assert (await client.post("/hooks/partner", json={"title": title})).status == 202
+    await eventually(lambda: _count(client, 2, status="dead"))
+    dead = sorted(d["id"] for d in await deliveries(client, status="dead"))
+    monkeypatch.setattr(replay_module, "REPLAY_RENDERED_CHARS", 1)  # a part for each body
+    store = runtime(client).store
+    assert store is not None
+    original = store.replay
+    parts: list[list[str]] = []
+
+    async def refusing_second(part: list[str], *args: Any, **kwargs: Any) -> list[str]:
+        parts.append(list(part))
+        if len(parts) == 2:
+            raise StoreRefused("value too long for type", "22001")
+        moved: list[str] = await original(part, *args, **kwargs)
+        return moved
+
+    monkeypatch.setattr(store, "replay", refusing_second)
+    resp = await client.post("/admin/api/replay", json={"ids": dead, "rerender": True}, headers=ADMIN)
+    assert resp.status == 422, await resp.text()
+    said = (await resp.json())["error"]
+    assert "nothing was changed" not in said
+    assert "after 1 of its deliveries were replayed, which stay replayed" in said and parts[0][0] in said
+    assert "22001" in said
+    [entry] = (await get(client, "/admin/api/audit"))["items"]
+    assert entry["detail"]["ids"] == parts[0]
+    assert entry["detail"]["stopped_by"] == "StoreRefused"
 
 
 async def _count(client: Client, n: int, **params: Any) -> bool:
