@@ -382,12 +382,14 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
     """Renew this process's leases and give back deliveries whose lease ran out: a process that died while
     sending them (shared stores), or this one's before a restart. Runs at once, then every `every_s` (a third
     of a lease), so a lease held here never runs out while its sender still waits, sends or holds a result,
-    and a dead process's work is due again within a lease and a third. First the leases of what this process
-    still holds are extended, in the same order on the one store, so that a result waiting to be recorded is
-    never given back to be sent again. `on_released` is told how many deliveries each round took over from a
-    sender that died or stalled (ticketbridge_lease_takeovers_total): the first round also those an earlier
-    process left in flight, which the store gave back when it opened (SQLite, `Store.recovered_at_open`) or
-    `take_back` gives back (PostgreSQL, this host:port's earlier process); every round those whose lease ran out."""
+    and a dead process's work is due again within a lease and a third. Each pass first gives back what this process
+    owes (`Dispatcher.give_back_owed`: not sent, its release failed while the store was down), then extends the
+    leases of what it still holds, in the same order on the one store, so that a result waiting to be recorded is
+    never given back to be sent again, nor one never sent reaped in doubt. `on_released` is told how many
+    deliveries each round took over from a sender that died or stalled (ticketbridge_lease_takeovers_total): the
+    first round also those an earlier process left in flight, which the store gave back when it opened (SQLite,
+    `Store.recovered_at_open`) or `take_back` gives back (PostgreSQL, this host:port's earlier process); every round
+    those whose lease ran out."""
     first, taken_back = True, False
     while True:
         if not first:
@@ -402,6 +404,7 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                                 note="left in flight by this instance's previous process; due again now")
                 if (recovered := taken + store.recovered_at_open()) and on_released is not None:
                     on_released(recovered)
+            await dispatcher.give_back_owed()
             await dispatcher.keep_leases()
             released = await store.release_expired()
         except StoreUnavailable as exc:
