@@ -1383,6 +1383,97 @@ async def test_a_delivery_sent_whose_record_failed_past_its_lease_is_never_given
     assert (row.status, row.unknowns) == ("pending", 1) and row.in_doubt_since_ms is not None
 
 
+async def test_after_a_pass_the_store_failed_the_reaper_reaps_once_the_store_has_answered_for_a_lease() -> None:
+    """An outage longer than a lease lets every process's leases run out. Once the store answers again, the reaper
+    gives back what this process owes and renews its leases at once, but reaps only once the store has answered
+    for a lease, so that the other live processes renew theirs and give back what they owe first."""
+    now = [0.0]
+    down = [True]
+    passes: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 0
+
+        async def release_expired(self) -> int:
+            passes.append("release_expired")
+            return 0
+
+    async def take_back() -> int:
+        return 0
+
+    async def give_back_owed() -> int:
+        return 0
+
+    async def keep_leases() -> int:
+        passes.append("keep_leases")
+        if down[0]:
+            raise StoreUnavailable("postgresql: connection refused")
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
+                                 lease_s=10.0, monotonic=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+        try:
+            await eventually(lambda: passes.count("keep_leases") >= 2)
+            down[0] = False
+            passes.clear()
+            await eventually(lambda: passes.count("keep_leases") >= 3)
+            now[0] += 9.9
+            passes.clear()
+            await eventually(lambda: passes.count("keep_leases") >= 3)
+            assert "release_expired" not in passes
+            now[0] += 0.2
+            await eventually(lambda: "release_expired" in passes)
+        finally:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
+    assert [e["event"] for e in logs].count("delivery.reap_deferred") == 1
+
+
+async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leases_at_most() -> None:
+    """A store failing every other pass of the reaper (each failure would start its wait for a lease again) defers
+    reaping for REAP_DEFERRED_LEASES leases at most: a dead process's work is still taken over."""
+    now = [0.0]
+    passes: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 0
+
+        async def release_expired(self) -> int:
+            passes.append("release_expired")
+            return 0
+
+    async def take_back() -> int:
+        return 0
+
+    async def give_back_owed() -> int:
+        return 0
+
+    async def keep_leases() -> int:
+        passes.append("keep_leases")
+        if passes.count("keep_leases") % 2:
+            raise StoreUnavailable("postgresql: connection refused")
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
+                                 lease_s=10.0, monotonic=lambda: now[0])
+    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: passes.count("keep_leases") >= 6)
+        now[0] += 29.9
+        count = passes.count("keep_leases")
+        await eventually(lambda: passes.count("keep_leases") >= count + 6)
+        assert "release_expired" not in passes
+        now[0] += 0.2
+        await eventually(lambda: "release_expired" in passes)
+    finally:
+        reaper.cancel()
+        await asyncio.gather(reaper, return_exceptions=True)
+
+
 @pytest.mark.parametrize("grace_s", [0.0, 30.0])
 async def test_a_stop_while_a_release_keeps_failing_tries_once_more_and_does_not_wait(grace_s: float) -> None:
     """A stop while the store keeps failing the release of a delivery given back unsent asks once more, does not
