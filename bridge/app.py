@@ -353,6 +353,9 @@ async def close_adapters(destinations: Mapping[str, Destination], session: aioht
 
 
 REAP_SECONDS = 10.0
+REAP_DEFERRED_LEASES = 3
+"""After a pass the store failed, the longest a reaper defers reaping (in leases), the store failing again
+meanwhile (`reap_expired_leases`)."""
 
 
 def instance_name(port: int) -> str | None:
@@ -382,13 +385,22 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
     """Renew this process's leases and give back deliveries whose lease ran out: a process that died while
     sending them (shared stores), or this one's before a restart. Runs at once, then every `every_s` (a third
     of a lease), so a lease held here never runs out while its sender still waits, sends or holds a result,
-    and a dead process's work is due again within a lease and a third. First the leases of what this process
-    still holds are extended, in the same order on the one store, so that a result waiting to be recorded is
-    never given back to be sent again. `on_released` is told how many deliveries each round took over from a
-    sender that died or stalled (ticketbridge_lease_takeovers_total): the first round also those an earlier
-    process left in flight, which the store gave back when it opened (SQLite, `Store.recovered_at_open`) or
-    `take_back` gives back (PostgreSQL, this host:port's earlier process); every round those whose lease ran out."""
+    and a dead process's work is due again within a lease and a third. Each pass first gives back what this process
+    owes (`Dispatcher.give_back_owed`: not sent, its release failed while the store was down), then extends the
+    leases of what it still holds, in the same order on the one store, so that a result waiting to be recorded is
+    never given back to be sent again, nor one never sent reaped in doubt. After a pass the store failed, leases are
+    not reaped until the store has answered for a lease (`Dispatcher.lease_s`): an outage longer than a lease lets
+    every process's leases run out, and the live ones renew theirs and give back what they owe within that time
+    (every third of a lease), while a dead process's work waits a lease longer. A store that keeps failing a pass
+    now and then defers reaping for REAP_DEFERRED_LEASES leases at most, so a dead process's work is still taken
+    over. `on_released` is told how many deliveries each pass took over from a sender that died or stalled
+    (ticketbridge_lease_takeovers_total): the first pass also those an earlier process left in flight, which the
+    store gave back when it opened (SQLite, `Store.recovered_at_open`) or `take_back` gives back (PostgreSQL, this
+    host:port's earlier process); every pass those whose lease ran out."""
     first, taken_back = True, False
+    failed = False  # a pass failed, and the store has not answered for a lease since
+    back_since: float | None = None  # when it answered again (`Dispatcher.monotonic`)
+    deferred_since: float | None = None  # when reaping was first deferred, a store failing again meanwhile
     while True:
         if not first:
             await asyncio.sleep(every_s)
@@ -402,9 +414,24 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                                 note="left in flight by this instance's previous process; due again now")
                 if (recovered := taken + store.recovered_at_open()) and on_released is not None:
                     on_released(recovered)
+            await dispatcher.give_back_owed()
             await dispatcher.keep_leases()
+            if failed:
+                now = dispatcher.monotonic()
+                if back_since is None:
+                    back_since = now
+                if deferred_since is None:
+                    deferred_since = now
+                    log.info("delivery.reap_deferred", wait_s=dispatcher.lease_s,
+                             note="the store answers again after failing: leases that ran out meanwhile are reaped "
+                                  "once it has answered for a lease, so that live senders renew theirs first")
+                if now - back_since < dispatcher.lease_s \
+                        and now - deferred_since < REAP_DEFERRED_LEASES * dispatcher.lease_s:
+                    continue
+                failed, back_since, deferred_since = False, None, None
             released = await store.release_expired()
         except StoreUnavailable as exc:
+            failed, back_since = True, None
             log.warning("delivery.reap_failed", error=str(exc))
             continue
         if released:

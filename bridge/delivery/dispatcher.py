@@ -11,7 +11,12 @@ about a lease, whatever the send timeout. A lane notes when each lease was last 
 extension that returned it) and does not write a request whose lease may have run out: one confirmed more than
 `lease_s * (1 - LEASE_MARGIN)` ago, or whose last extension did not return it (a process that stalled past its
 lease, another having taken it over). That delivery is given up unsent (`delivery.lease_lost`, unsent), no
-attempt recorded, and given back when its lease is still this process's.
+attempt recorded, and given back when its claim is still this process's (a release names its claim's token).
+
+A delivery given back unsent whose release the store fails (it is down) is asked again until the store takes it,
+past the end of its lease too, and owed meanwhile (`Dispatcher.owed`): the lease reaper's first pass once the store
+answers gives back every delivery owed in one statement, before it renews leases or reaps (`give_back_owed`), so an
+outage longer than a lease delays it, rather than leave it in doubt as a reaped lease is.
 
 A claim waits on a store commit (behind the fsync of results being recorded): without a rate limit, slots freed
 meanwhile are claimed beside it, each claim reserving its slots, so the vendor is kept busy rather than waiting a
@@ -217,6 +222,12 @@ class Destination:
 def claim_of(item: Claimed) -> tuple[str, int]:
     """What a lane notes a send by (`Lane.sending`, `Lane.written`): its delivery and the claim that holds it."""
     return item.id, item.token
+
+
+CLAIMED_AGAIN = "it was claimed again since: its new claim sends it"
+"""Why a claim is no longer the lane's: reaped (this process stalled past its lease) and claimed again by this lane,
+whose confirmations are the new claim's (`Lane.check_lease`, `Lane.claim_gone`)."""
+NOT_EXTENDED = "its lease was not extended: another sender holds it now, or it was settled or given back"
 
 
 class LeaseExpired(Exception):
@@ -607,26 +618,35 @@ class Lane:
 
     def check_lease(self, item: Claimed) -> None:
         """Raise LeaseExpired unless `item`'s lease surely still runs: its claim the lane's latest of the delivery
-        (`tokens`), confirmed less than `lease_s` less LEASE_MARGIN of it ago, and returned by the last extension."""
+        (`tokens`), confirmed less than `lease_s` less LEASE_MARGIN of it ago, and returned by the last extension
+        (as `claim_gone`, written out: this is asked before every request)."""
         d = self.dispatcher
         if self.tokens.get(item.id) != item.token:
-            # Reaped (this process stalled past its lease) and claimed again by this lane: the confirmations are the
-            # new claim's, whose own send goes out.
-            raise LeaseExpired("it was claimed again since: its new claim sends it")
+            raise LeaseExpired(CLAIMED_AGAIN)
         confirmed = self.confirmed.get(item.id)
         if confirmed is None:
-            raise LeaseExpired("its lease was not extended: another sender holds it now, or it was settled")
+            raise LeaseExpired(NOT_EXTENDED)
         age = d.monotonic() - confirmed
         if age > d.lease_s * (1 - LEASE_MARGIN):
             raise LeaseExpired(f"its lease was last confirmed {age:.1f}s ago, and it lasts {d.lease_s:g}s: it may "
                                "have run out and been taken over")
 
+    def claim_gone(self, item: Claimed) -> str | None:
+        """Why `item`'s claim is known to be no longer this lane's, or None while it may still be: the lane's latest
+        claim of the delivery (`tokens`), and returned by the last extension of its lease (`confirmed`). A claim whose
+        lease ran out while the store was down, not extended since, may still be: no reaper has taken it."""
+        if self.tokens.get(item.id) != item.token:
+            return CLAIMED_AGAIN
+        if item.id not in self.confirmed:
+            return NOT_EXTENDED
+        return None
+
     async def _lease_expired(self, item: Claimed, why: str, blog: Any, slot: SendSlot) -> None:
         """Give up, unsent, a delivery whose lease may have run out (`check_lease`): its admission given back when
         it was the breaker's probe (`SendSlot.unsent`), nothing recorded, and the delivery back due now only when
-        this process still holds its lease (otherwise its new holder has it). A probe whose request went out, refused
-        for its credentials, and whose resend is given up, keeps its slot (it was used): the breaker is told the
-        refusal, its answer."""
+        its claim is still this process's (otherwise its new holder has it: a release names its claim's token). A
+        probe whose request went out, refused for its credentials, and whose resend is given up, keeps its slot (it
+        was used): the breaker is told the refusal, its answer."""
         if slot.admission.probe:
             with contextlib.suppress(StoreUnavailable):
                 if claim_of(item) in self.written:
@@ -646,8 +666,8 @@ class Lane:
         render it (a conversation's follow-up, or a create rendered again: EventUnread, `delivery.event_unread`).
         The vendor was asked nothing, so no attempt is recorded, no try used and the breaker told nothing. Its slot
         (a probe's hold with it) goes back as for any send that did not start (`_deliver`), and the delivery is given
-        back due now: the store still down, its release is asked again while this process holds its lease
-        (`_give_back`)."""
+        back due now: the store still down, its release is asked again, and the reaper's first pass once the store
+        answers gives it back (`_give_back`)."""
         self._answered(claim_of(item))
         with contextlib.suppress(StoreUnavailable):
             if await slot.unused():  # now, not once the store takes the release: the gate is not held meanwhile
@@ -664,22 +684,33 @@ class Lane:
 
     async def _give_back(self, item: Claimed, blog: Any) -> None:
         """Give `item`, whose request did not go out (`_lease_expired`, `_store_failed`), back due now. A store that
-        fails the release is asked again, with the backoff a record uses (`_record`), for as long as this process
-        surely still holds the lease (`check_lease`): the delivery stays in flight here meanwhile (`inflight`), so
-        that its lease is kept (`Dispatcher.keep_leases`) and no reaper gives it back in doubt, as one whose holder
-        may have sent it. A stop asks once more (at once; or, when it cancels this task, `Dispatcher.stop` does).
-        Once its lease may have run out, it is left to the reaper, `delivery.release_failed` logged: the store keeps
-        no mark that it was given back unsent, so it is then in doubt (`unknowns` + 1) though nothing was sent.
-        Each release names the claim's token: one that is late (waiting on a lock of the row while this lane claims
-        it again) or asked again after its answer was lost leaves a later claim, this process's too, to its send."""
+        fails the release is asked again, with the backoff a record uses (`_record`), for as long as its claim may
+        still be this lane's (`claim_gone`), past the end of its lease too: a release names its claim's owner and
+        token and takes only a delivery still in flight by that claim, so a late one is harmless (the delivery
+        reaped meanwhile, or claimed again, by any process, this one's too, is left as it is), and nothing that was
+        sent is ever given back, as only a delivery whose request did not go out comes here. The delivery stays in
+        flight here meanwhile (`inflight`), so that its lease is kept (`Dispatcher.keep_leases`) while the store
+        answers, and it is owed (`Dispatcher.owed`): the reaper's first pass that the store answers gives back every
+        delivery owed, at once, before it renews leases or reaps (`Dispatcher.give_back_owed`), so that a store down
+        for longer than a lease does not leave it to be reaped in doubt (`unknowns` + 1), as one whose holder may
+        have sent it. A stop asks once more (at once; or, when it cancels this task, `Dispatcher.stop` does), then
+        leaves it to its lease, `delivery.release_failed` logged: it is then given back in doubt, though nothing was
+        sent. A release that is late (waiting on a lock of the row while this lane claims it again) or asked again
+        after its answer was lost leaves a later claim, this process's too, to its send."""
         d = self.dispatcher
         failures = 0
         delay = d.timings.store_retry_s
         error = ""
         me = asyncio.current_task()
+        given = asyncio.Event()
+        """Set when the reaper gave it back with every other delivery owed (`Dispatcher.give_back_owed`)."""
         try:
             while True:
                 last = d.stopping
+                if given.is_set():
+                    blog.warning("delivery.released_late", failed_releases=failures, with_owed=True)
+                    self.wake.set()
+                    return
                 if failures and self.inflight.get(item.id) is not me:
                     # Claimed again since: a release whose answer was lost had been done (the delivery was due, and
                     # this lane took it). Asking again would be a release of no lease (the token is the old claim's).
@@ -695,27 +726,26 @@ class Lane:
                         blog.warning("delivery.released_late", failed_releases=failures)
                     self.wake.set()  # due now: a lane that found nothing due meanwhile sleeps until the poll
                     return
-                why = "stopping" if last else None
-                try:
-                    self.check_lease(item)
-                except LeaseExpired as lost:
-                    why = str(lost)
+                why = "stopping" if last else self.claim_gone(item)
                 if why is not None:
                     blog.error("delivery.release_failed", error=error, failed_releases=failures, why=why,
-                               note="not sent, and the store did not take it back: it stays in flight until its "
-                                    "lease runs out, and is then given back in doubt (counted as an unknown "
-                                    "outcome), though nothing reached the vendor")
+                               note="not sent, and the store did not take it back: unless another sender holds it "
+                                    "now, it stays in flight until its lease runs out, and is then given back in "
+                                    "doubt (counted as an unknown outcome), though nothing reached the vendor")
                     return
                 if failures == 1:
+                    d.owed[claim_of(item)] = given
                     blog.error("delivery.release_retrying", error=error,
-                               note="not sent; its release is retried, its lease kept, until the store takes it")
+                               note="not sent; its release is retried until the store takes it, past its lease too "
+                                    "(a release names its claim): it is not counted as an unknown outcome")
                 if not d.stopping:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(d.stop_event.wait(), delay)
+                    await self._wait(given, delay)
                     delay = min(delay * 2, d.timings.record_retry_max_s)
         except asyncio.CancelledError:
             d.cancelled.append((item.id, item.token))  # cancelled by a stop: it is given back once more there
             raise
+        finally:
+            d.owed.pop(claim_of(item), None)
 
     def _redacted(self, sent: Sent, item: Claimed) -> Sent:
         """`sent` as it is logged and recorded: the destination's secrets (and those of `item`'s mapping options:
@@ -1248,6 +1278,9 @@ class Dispatcher:
         self.cancelled: list[tuple[str, int]] = []
         """(id, claim token) of each delivery a stop cancelled before its request went out: given back at the end."""
         self.unanswered: list[tuple[Lane, Claimed]] = []  # cancelled at shutdown after their request went out
+        self.owed: dict[tuple[str, int], asyncio.Event] = {}
+        """The claims (`claim_of`) of deliveries whose request did not go out and whose release the store failed
+        (`Lane._give_back`), each with what tells its lane that `give_back_owed` gave it back."""
 
     def start(self) -> None:
         for name, dest in self.destinations.items():
@@ -1307,6 +1340,23 @@ class Dispatcher:
         except OSError:
             return False
         return False
+
+    async def give_back_owed(self) -> int:
+        """Give back, due now, every delivery owed (`owed`: not sent, its release failed), in one statement; returns
+        how many were asked. The reaper asks it first in each pass, before it renews leases or reaps, so that the
+        first pass the store answers after an outage gives them back, though their leases ran out meanwhile, rather
+        than reap them in doubt. Each release names its claim's token: one reaped or claimed again since, by any
+        process, is left as it is. Nothing owed: no statement. Raises StoreUnavailable."""
+        owed = list(self.owed.items())
+        if not owed:
+            return 0
+        await self.store.release([i for (i, _), _ in owed], owner=self.owner, tokens=[t for (_, t), _ in owed])
+        for _, given in owed:
+            given.set()
+        log.warning("delivery.given_back", count=len(owed),
+                    note="not sent, their release failed as the store was down: given back now that it answers, "
+                         "due now and not in doubt")
+        return len(owed)
 
     async def keep_leases(self) -> int:
         """Extend the lease of every delivery a lane holds (being sent, or its result not yet recorded), so

@@ -756,6 +756,26 @@ class StoreContract:
         await store.release([d], owner="me", tokens=[new.token])
         assert (await row(store, d)).status == "pending"
 
+    async def test_a_release_by_its_claim_after_its_lease_ran_out_gives_it_back_not_in_doubt(
+            self, store: Store) -> None:
+        """A release naming its claim (owner and token) takes back a delivery whose lease ran out but that no reaper
+        took: pending, not in doubt, no unknown counted (its holder gives back what it never sent, however late the
+        store answers). Once reaped, the same release changes nothing: the delivery stays as the reaper left it (in
+        doubt), and a claim made since, another owner's, keeps it."""
+        await accept_one(store, make_delivery(), make_delivery())
+        first, second = (await store.claim("kapture-support", 2, "me", -1)).items  # their leases already ran out
+        await store.release([first.id], owner="me", tokens=[first.token])
+        r = await row(store, first.id)
+        assert (r.status, r.unknowns, r.in_doubt_since_ms) == ("pending", 0, None)
+        assert await store.release_expired() == 1
+        await store.release([second.id], owner="me", tokens=[second.token])
+        r = await row(store, second.id)
+        assert (r.status, r.unknowns) == ("pending", 1) and r.in_doubt_since_ms is not None
+        [again] = (await store.claim("kapture-support", 1, "other", 60)).items
+        assert again.id in (first.id, second.id)
+        await store.release([second.id, first.id], owner="me", tokens=[second.token, first.token])
+        assert (await row(store, again.id)).status == "in_flight"
+
     async def test_a_record_of_an_earlier_claim_is_refused_on_the_claim_that_followed(self, store: Store) -> None:
         """A result of a claim whose lease was reaped is not written over the claim the same owner made since:
         LeaseLost, nothing written; the new claim's result is recorded."""

@@ -488,7 +488,10 @@ async def test_the_reaper_counts_what_an_earlier_process_left_in_flight_as_taken
     async def keep_leases() -> None:
         return None
 
-    dispatcher = SimpleNamespace(take_back=take_back, keep_leases=keep_leases)
+    async def give_back_owed() -> int:
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, keep_leases=keep_leases, give_back_owed=give_back_owed)
     taken_over: list[int] = []
     reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0,  # type: ignore[arg-type]
                                                      on_released=taken_over.append))
@@ -1236,6 +1239,239 @@ async def test_a_delivery_given_back_unsent_while_the_store_is_down_is_not_reape
     events = [e["event"] for e in logs]
     assert events.count("delivery.release_retrying") == 1 and "delivery.released_late" in events, events
     assert "delivery.release_failed" not in events
+
+
+class StoreDown(FollowUps):
+    """FollowUps whose store goes down (`down`) as the claim that follows `down_at_claim` returns: every call the
+    dispatcher and the reaper make fails then, StoreUnavailable. The first to fail hangs first for `outage_s` (the
+    test's clock, `now`, moved on by it), as a call does while the store restarts. Releases are counted in
+    `release_failures` (failed) and kept in `given_back` (done: the ids each asked)."""
+
+    def __init__(self, *, render: bool = True) -> None:
+        super().__init__()
+        self.render_follow_ups = render
+        self.down = False
+        self.down_at_claim = False
+        self.outage_s = 0.0
+        self.release_failures = 0
+        self.given_back: list[list[str]] = []
+
+    def _fail(self) -> None:
+        if self.down:
+            self.now += self.outage_s
+            self.outage_s = 0.0
+            raise StoreUnavailable("postgresql: connection refused")
+
+    async def claim(self, destination: str, limit: int, owner: str, lease_s: float) -> Any:
+        self._fail()
+        if not self.render_follow_ups:
+            return await FaultyStore.claim(self, destination, limit, owner, lease_s)
+        batch = await super().claim(destination, limit, owner, lease_s)
+        if batch.items and self.down_at_claim:
+            self.down, self.down_at_claim = True, False
+        return batch
+
+    async def get_event(self, event_id: str) -> Event:
+        self._fail()
+        return await super().get_event(event_id)
+
+    async def record(self, result: AttemptResult, *, owner: str | None = None,
+                     token: int | None = None) -> None:
+        if self.down:
+            self.record_calls += 1
+            self._fail()
+        await super().record(result, owner=owner, token=token)
+
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
+        if self.down:
+            self.release_failures += 1
+            self._fail()
+        self.given_back.append(delivery_ids)
+        await super().release(delivery_ids, owner=owner, tokens=tokens)
+
+    async def extend_leases(self, delivery_ids: list[str], owner: str, lease_s: float,
+                            tokens: Sequence[int] | None = None) -> list[str]:
+        self._fail()
+        return await super().extend_leases(delivery_ids, owner, lease_s, tokens)
+
+    async def release_expired(self) -> int:
+        self._fail()
+        return await super().release_expired()
+
+
+SLOW_RETRIES = Timings(store_retry_s=3600.0, record_retry_max_s=3600.0, poll_s=0.05)
+"""A lane's own retries (of a release, a claim) that never come within a test: what happens is the reaper's."""
+
+
+async def test_deliveries_never_sent_are_given_back_not_in_doubt_after_an_outage_longer_than_their_lease() -> None:
+    """The store goes down as three follow-ups are rendered, and stays down for three leases: their releases fail,
+    and their leases run out unrenewed. Their holder keeps them owed, and the reaper's first pass once the store is
+    back gives them back, in one release, before it reaps: they are pending, not in doubt (no unknown counted), and
+    then sent once each. Before, the lane gave up a release once the lease may have run out, and the reaper took
+    them back in doubt."""
+    store = StoreDown()
+    ids = await store.add(3)
+    store.down_at_claim = True
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": last_try()}, timings=SLOW_RETRIES, clock=lambda: store.now,
+                           monotonic=lambda: store.now, follow_ups=store.render)
+            store.outage_s = 3 * d.lease_s
+            d.start()
+            reaper: asyncio.Task[None] | None = None
+            try:
+                await eventually(lambda: store.release_failures >= 3)
+                store.down = False
+                reaper = asyncio.create_task(reap_expired_leases(store, d, every_s=3600.0))
+                await eventually(lambda: all(store.status(i) != "in_flight" for i in ids))
+                rows = [store.deliveries[i].row for i in ids]  # pending, or sent already
+                assert [(r.unknowns, r.in_doubt_since_ms) for r in rows] == [(0, None)] * 3
+                await eventually(lambda: len(store.records) == 3)
+            finally:
+                if reaper is not None:
+                    reaper.cancel()
+                    await asyncio.gather(reaper, return_exceptions=True)
+                await d.stop(0.0)
+        assert requests(m) == 3
+    assert [sorted(asked) for asked in store.given_back] == [ids], "not given back in one release"
+    rows = [store.deliveries[i].row for i in ids]
+    assert [(r.status, r.unknowns, r.in_doubt_since_ms, r.duplicates) for r in rows] == [
+        ("succeeded", 0, None, 0)] * 3
+    events = [e["event"] for e in logs]
+    assert [e["count"] for e in logs if e["event"] == "delivery.given_back"] == [3]
+    assert events.count("delivery.released_late") == 3 and "delivery.release_failed" not in events, events
+
+
+async def test_a_delivery_sent_whose_record_failed_past_its_lease_is_never_given_back_and_ends_in_doubt() -> None:
+    """The safety side: the store goes down as a create's answer is to be recorded, for three leases. The store
+    back (its records still failing), the reaper's pass gives back nothing of it (it was sent) and keeps its lease;
+    its holder stopped with the result unrecorded, its lease runs out and it is reaped in doubt."""
+    store = StoreDown(render=False)
+    [delivery_id] = await store.add()
+
+    def down_as_answered(url: URL, **kwargs: Any) -> CallbackResult:
+        store.down = True
+        return CallbackResult(status=200, payload={"status": "success", "ticket_id": "T-1"},
+                              response_class=MockResponse)
+
+    with aioresponses() as m:
+        m.post(str(URL_CREATE), callback=down_as_answered, repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": destination()}, timings=FAST, clock=lambda: store.now,
+                           monotonic=lambda: store.now)
+            store.outage_s = 3 * d.lease_s
+            d.start()
+            reaper: asyncio.Task[None] | None = None
+            try:
+                await eventually(lambda: store.record_calls >= 1)
+                store.down, store.record_fails = False, -1  # back, but for its records
+                reaper = asyncio.create_task(reap_expired_leases(store, d, every_s=3600.0))
+                await eventually(lambda: "release_expired" in store.calls)
+                assert store.status(delivery_id) == "in_flight"
+            finally:
+                if reaper is not None:
+                    reaper.cancel()
+                    await asyncio.gather(reaper, return_exceptions=True)
+                await d.stop(0.0)
+        assert requests(m) == 1
+    store.now += 2 * d.lease_s
+    assert await store.release_expired() == 1
+    assert store.given_back == []
+    row = store.deliveries[delivery_id].row
+    assert (row.status, row.unknowns) == ("pending", 1) and row.in_doubt_since_ms is not None
+
+
+async def test_after_a_pass_the_store_failed_the_reaper_reaps_once_the_store_has_answered_for_a_lease() -> None:
+    """An outage longer than a lease lets every process's leases run out. Once the store answers again, the reaper
+    gives back what this process owes and renews its leases at once, but reaps only once the store has answered
+    for a lease, so that the other live processes renew theirs and give back what they owe first."""
+    now = [0.0]
+    down = [True]
+    passes: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 0
+
+        async def release_expired(self) -> int:
+            passes.append("release_expired")
+            return 0
+
+    async def take_back() -> int:
+        return 0
+
+    async def give_back_owed() -> int:
+        return 0
+
+    async def keep_leases() -> int:
+        passes.append("keep_leases")
+        if down[0]:
+            raise StoreUnavailable("postgresql: connection refused")
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
+                                 lease_s=10.0, monotonic=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+        try:
+            await eventually(lambda: passes.count("keep_leases") >= 2)
+            down[0] = False
+            passes.clear()
+            await eventually(lambda: passes.count("keep_leases") >= 3)
+            now[0] += 9.9
+            passes.clear()
+            await eventually(lambda: passes.count("keep_leases") >= 3)
+            assert "release_expired" not in passes
+            now[0] += 0.2
+            await eventually(lambda: "release_expired" in passes)
+        finally:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
+    assert [e["event"] for e in logs].count("delivery.reap_deferred") == 1
+
+
+async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leases_at_most() -> None:
+    """A store failing every other pass of the reaper (each failure would start its wait for a lease again) defers
+    reaping for REAP_DEFERRED_LEASES leases at most: a dead process's work is still taken over."""
+    now = [0.0]
+    passes: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 0
+
+        async def release_expired(self) -> int:
+            passes.append("release_expired")
+            return 0
+
+    async def take_back() -> int:
+        return 0
+
+    async def give_back_owed() -> int:
+        return 0
+
+    async def keep_leases() -> int:
+        passes.append("keep_leases")
+        if passes.count("keep_leases") % 2:
+            raise StoreUnavailable("postgresql: connection refused")
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
+                                 lease_s=10.0, monotonic=lambda: now[0])
+    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: passes.count("keep_leases") >= 6)
+        now[0] += 29.9
+        count = passes.count("keep_leases")
+        await eventually(lambda: passes.count("keep_leases") >= count + 6)
+        assert "release_expired" not in passes
+        now[0] += 0.2
+        await eventually(lambda: "release_expired" in passes)
+    finally:
+        reaper.cancel()
+        await asyncio.gather(reaper, return_exceptions=True)
 
 
 @pytest.mark.parametrize("grace_s", [0.0, 30.0])
