@@ -200,12 +200,11 @@ async def test_a_dead_delivery_is_found_replayed_and_the_change_audited(write_co
     assert again["refused"] == [{"id": "dlv_missing", "reason": "no such delivery"}]
 
 
-async def test_a_replay_an_error_stops_after_a_part_audits_what_it_moved(
-        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A re-rendered replay is handed to the store a part at a time, each its own change: when the store fails on
-    the second part, the first part's delivery stays replayed, and the audit log says so (and what stopped it)
-    before the error is answered (503). The audit was written only once every part was in, so this one went
-    unrecorded."""
+async def _replay_stopped_on_second_part(write_config: ConfigFactory, bridge_client: AppClient,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        error: Exception) -> tuple[Client, Any, list[list[str]]]:
+    """Two dead deliveries replayed re-rendered, a part for each body, the store's `replay` raising `error` on the
+    second part: the client, the answer and the parts the store was handed."""
     client = await start(write_config, bridge_client)
     sim: KaptureSimulator = runtime(client).simulators["kapture"]
     sim.faults = Faults(fail_count=-1, fail_status=500)
@@ -222,12 +221,23 @@ async def test_a_replay_an_error_stops_after_a_part_audits_what_it_moved(
     async def failing_second(part: list[str], *args: Any, **kwargs: Any) -> list[str]:
         parts.append(list(part))
         if len(parts) == 2:
-            raise StoreUnavailable("the disk is full")
+            raise error
         moved: list[str] = await original(part, *args, **kwargs)
         return moved
 
     monkeypatch.setattr(store, "replay", failing_second)
     resp = await client.post("/admin/api/replay", json={"ids": dead, "rerender": True}, headers=ADMIN)
+    return client, resp, parts
+
+
+async def test_a_replay_an_error_stops_after_a_part_audits_what_it_moved(
+        write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-rendered replay is handed to the store a part at a time, each its own change: when the store fails on
+    the second part, the first part's delivery stays replayed, and the audit log says so (and what stopped it)
+    before the error is answered (503). The audit was written only once every part was in, so this one went
+    unrecorded."""
+    client, resp, parts = await _replay_stopped_on_second_part(write_config, bridge_client, monkeypatch,
+                                                               StoreUnavailable("the disk is full"))
     assert resp.status == 503, await resp.text()
     [entry] = (await get(client, "/admin/api/audit"))["items"]
     assert (entry["action"], entry["target"]) == ("deliveries.rerender", parts[0][0])
@@ -239,28 +249,8 @@ async def test_a_replay_the_store_refuses_after_a_part_says_what_stays_replayed(
         write_config: ConfigFactory, bridge_client: AppClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """A value the store refuses in the second part of a re-rendered replay: the first part stays replayed, and the
     answer (422) says so and names it, where it said "nothing was changed"."""
-    client = await start(write_config, bridge_client)
-    sim: KaptureSimulator = runtime(client).simulators["kapture"]
-    sim.faults = Faults(fail_count=-1, fail_status=500)
-    for title in ("one", "two"):
-        assert (await client.post("/hooks/partner", json={"title": title})).status == 202
-    await eventually(lambda: _count(client, 2, status="dead"))
-    dead = sorted(d["id"] for d in await deliveries(client, status="dead"))
-    monkeypatch.setattr(replay_module, "REPLAY_RENDERED_CHARS", 1)  # a part for each body
-    store = runtime(client).store
-    assert store is not None
-    original = store.replay
-    parts: list[list[str]] = []
-
-    async def refusing_second(part: list[str], *args: Any, **kwargs: Any) -> list[str]:
-        parts.append(list(part))
-        if len(parts) == 2:
-            raise StoreRefused("value too long for type", "22001")
-        moved: list[str] = await original(part, *args, **kwargs)
-        return moved
-
-    monkeypatch.setattr(store, "replay", refusing_second)
-    resp = await client.post("/admin/api/replay", json={"ids": dead, "rerender": True}, headers=ADMIN)
+    client, resp, parts = await _replay_stopped_on_second_part(write_config, bridge_client, monkeypatch,
+                                                               StoreRefused("value too long for type", "22001"))
     assert resp.status == 422, await resp.text()
     said = (await resp.json())["error"]
     assert "nothing was changed" not in said
