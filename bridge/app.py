@@ -389,9 +389,11 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
     owes (`Dispatcher.give_back_owed`: not sent, its release failed while the store was down), then extends the
     leases of what it still holds, in the same order on the one store, so that a result waiting to be recorded is
     never given back to be sent again, nor one never sent reaped in doubt. After a pass the store failed, leases are
-    not reaped until the store has answered for a lease (`Dispatcher.lease_s`): an outage longer than a lease lets
-    every process's leases run out, and the live ones renew theirs and give back what they owe within that time
-    (every third of a lease), while a dead process's work waits a lease longer. A store that keeps failing a pass
+    not reaped until the store has answered for a lease (`Dispatcher.lease_s`; each pass meanwhile asks it,
+    `Store.check`, as one that renews and gives back nothing asks it nothing: a process holding nothing would count
+    the passes of an outage as the store answering): an outage longer than a lease lets every process's leases run
+    out, and the live ones renew theirs and give back what they owe within that time (every third of a lease),
+    while a dead process's work waits a lease longer. A store that keeps failing a pass
     now and then defers reaping for REAP_DEFERRED_LEASES leases at most, so a dead process's work is still taken
     over. `on_released` is told how many deliveries each pass took over from a sender that died or stalled
     (ticketbridge_lease_takeovers_total): the first pass also those an earlier process left in flight, which the
@@ -417,6 +419,12 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
             await dispatcher.give_back_owed()
             await dispatcher.keep_leases()
             if failed:
+                # Neither asks the store anything when nothing is held or owed here: the store is asked now, so
+                # that the wait for a lease runs from when it answers, not from a pass that asked it nothing
+                # while it was still down (it would then reap at once as it comes back, before the live
+                # processes renew their leases).
+                if (problem := await store.check()) is not None:
+                    raise StoreUnavailable(problem.reason)
                 now = dispatcher.monotonic()
                 if back_since is None:
                     back_since = now

@@ -35,6 +35,7 @@ from bridge.events import Event
 from bridge.store.base import (
     AttemptResult,
     NewDelivery,
+    StoreProblem,
 )
 from bridge.store.memory import MemoryStore
 from bridge.vendors.base import VendorAuthFailed, VendorRequest
@@ -1399,6 +1400,9 @@ async def test_after_a_pass_the_store_failed_the_reaper_reaps_once_the_store_has
             passes.append("release_expired")
             return 0
 
+        async def check(self) -> StoreProblem | None:
+            return None
+
     async def take_back() -> int:
         return 0
 
@@ -1432,6 +1436,58 @@ async def test_after_a_pass_the_store_failed_the_reaper_reaps_once_the_store_has
     assert [e["event"] for e in logs].count("delivery.reap_deferred") == 1
 
 
+async def test_a_reaper_holding_nothing_waits_a_lease_from_when_the_store_answers_not_from_its_first_pass() -> None:
+    """A process holding and owing nothing renews and gives back nothing: its passes ask the store nothing. After
+    a pass the store failed, it asks the store (`Store.check`) each pass until it has answered for a lease, so that
+    the passes of an outage longer than a lease do not count as the store answering: as the store comes back, the
+    reaper waits a lease before it reaps, and the other processes renew their leases first. Before, the wait ran
+    from its first pass after the failure, which asked nothing, and it reaped as the store came back."""
+    now = [0.0]
+    down = [True]
+    passes: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 0
+
+        async def release_expired(self) -> int:
+            passes.append("release_expired")
+            if down[0]:
+                raise StoreUnavailable("postgresql: connection refused")
+            return 0
+
+        async def check(self) -> StoreProblem | None:
+            passes.append("check")
+            return StoreProblem(kind="failing", reason="connection refused") if down[0] else None
+
+    async def take_back() -> int:
+        return 0
+
+    async def give_back_owed() -> int:
+        return 0  # nothing owed: no statement
+
+    async def keep_leases() -> int:
+        passes.append("keep_leases")  # nothing held: no statement
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
+                                 lease_s=10.0, monotonic=lambda: now[0])
+    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: "release_expired" in passes)  # failed: the store is down
+        count = passes.count("keep_leases")
+        await eventually(lambda: passes.count("keep_leases") >= count + 3)  # passes that asked nothing, still down
+        down[0], now[0] = False, 10.1  # back, a lease and more after the failed pass
+        passes.clear()
+        await eventually(lambda: passes.count("keep_leases") >= 3)
+        assert "release_expired" not in passes, "reaped as the store came back"
+        now[0] += 10.0
+        await eventually(lambda: "release_expired" in passes)
+    finally:
+        reaper.cancel()
+        await asyncio.gather(reaper, return_exceptions=True)
+
+
 async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leases_at_most() -> None:
     """A store failing every other pass of the reaper (each failure would start its wait for a lease again) defers
     reaping for REAP_DEFERRED_LEASES leases at most: a dead process's work is still taken over."""
@@ -1445,6 +1501,9 @@ async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leas
         async def release_expired(self) -> int:
             passes.append("release_expired")
             return 0
+
+        async def check(self) -> StoreProblem | None:
+            return None
 
     async def take_back() -> int:
         return 0
