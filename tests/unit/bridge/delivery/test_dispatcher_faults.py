@@ -1488,6 +1488,48 @@ async def test_a_reaper_holding_nothing_waits_a_lease_from_when_the_store_answer
         await asyncio.gather(reaper, return_exceptions=True)
 
 
+async def test_a_give_back_of_what_is_owed_that_fails_does_not_keep_the_reaper_from_renewing_leases() -> None:
+    """The release of what this process owes failing (alone: a lock it waits on past the statement timeout), the
+    pass still renews this process's leases, results held in memory among them, and then counts as failed (it does
+    not reap). Before, the failure ended the pass before the renewal, for as long as it lasted."""
+    passes: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 0
+
+        async def release_expired(self) -> int:
+            passes.append("release_expired")
+            return 0
+
+        async def check(self) -> StoreProblem | None:
+            return None
+
+    async def take_back() -> int:
+        return 0
+
+    async def give_back_owed() -> int:
+        passes.append("give_back_owed")
+        raise StoreUnavailable("postgresql: canceling statement due to statement timeout")
+
+    async def keep_leases() -> int:
+        passes.append("keep_leases")
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
+                                 lease_s=10.0, monotonic=lambda: 0.0)
+    with structlog.testing.capture_logs() as logs:
+        reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+        try:
+            await eventually(lambda: passes.count("give_back_owed") >= 3)
+        finally:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
+    assert passes.count("keep_leases") >= 2, passes
+    assert "release_expired" not in passes
+    assert any(e["event"] == "delivery.reap_failed" for e in logs)
+
+
 async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leases_at_most() -> None:
     """A store failing every other pass of the reaper (each failure would start its wait for a lease again) defers
     reaping for REAP_DEFERRED_LEASES leases at most: a dead process's work is still taken over."""
