@@ -390,7 +390,7 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
     once the leases are renewed), then extends the leases of what it still holds, in the same order on the one
     store, so that a result waiting to be recorded is never given back to be sent again, nor one never sent reaped
     in doubt. After a pass the store failed, leases are not reaped until the store has answered for a lease
-    (`Dispatcher.lease_s`; each pass meanwhile asks it, `Store.check`, as one that renews and gives back nothing
+    (`Dispatcher.lease_s`; each pass meanwhile asks it, `Store.ping`, as one that renews and gives back nothing
     asks it nothing: a process holding nothing would count the passes of an outage as the store answering): an
     outage longer than a lease lets every process's leases run out, and the live ones renew theirs and give back
     what they owe within that time (every third of a lease), while a dead process's work waits a lease longer. A
@@ -433,8 +433,7 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                 # that the wait for a lease runs from when it answers, not from a pass that asked it nothing
                 # while it was still down (it would then reap at once as it comes back, before the live
                 # processes renew their leases).
-                if (problem := await store.check()) is not None:
-                    raise StoreUnavailable(problem.reason)
+                await store.ping()
                 now = dispatcher.monotonic()
                 if back_since is None:
                     back_since = now

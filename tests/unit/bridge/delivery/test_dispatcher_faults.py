@@ -1400,7 +1400,7 @@ async def test_after_a_pass_the_store_failed_the_reaper_reaps_once_the_store_has
             passes.append("release_expired")
             return 0
 
-        async def check(self) -> StoreProblem | None:
+        async def ping(self) -> None:
             return None
 
     async def take_back() -> int:
@@ -1438,7 +1438,7 @@ async def test_after_a_pass_the_store_failed_the_reaper_reaps_once_the_store_has
 
 async def test_a_reaper_holding_nothing_waits_a_lease_from_when_the_store_answers_not_from_its_first_pass() -> None:
     """A process holding and owing nothing renews and gives back nothing: its passes ask the store nothing. After
-    a pass the store failed, it asks the store (`Store.check`) each pass until it has answered for a lease, so that
+    a pass the store failed, it asks the store (`Store.ping`) each pass until it has answered for a lease, so that
     the passes of an outage longer than a lease do not count as the store answering: as the store comes back, the
     reaper waits a lease before it reaps, and the other processes renew their leases first. Before, the wait ran
     from its first pass after the failure, which asked nothing, and it reaped as the store came back."""
@@ -1456,9 +1456,10 @@ async def test_a_reaper_holding_nothing_waits_a_lease_from_when_the_store_answer
                 raise StoreUnavailable("postgresql: connection refused")
             return 0
 
-        async def check(self) -> StoreProblem | None:
-            passes.append("check")
-            return StoreProblem(kind="failing", reason="connection refused") if down[0] else None
+        async def ping(self) -> None:
+            passes.append("ping")
+            if down[0]:
+                raise StoreUnavailable("postgresql: connection refused")
 
     async def take_back() -> int:
         return 0
@@ -1488,6 +1489,53 @@ async def test_a_reaper_holding_nothing_waits_a_lease_from_when_the_store_answer
         await asyncio.gather(reaper, return_exceptions=True)
 
 
+async def test_a_store_that_answers_while_its_commits_are_seen_failing_is_reaped_after_a_lease() -> None:
+    """A store that answers while it still says its commits fail (SQLite with its disk nearly full: `check` says
+    `failing` until a commit succeeds with room) is asked whether it answers (`Store.ping`), not whether it fails:
+    the reaper, holding nothing, reaps a lease after the pass the store failed, not once the disk has room."""
+    now = [0.0]
+    passes: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 0
+
+        async def release_expired(self) -> int:
+            passes.append("release_expired")
+            if passes.count("release_expired") == 1:
+                raise StoreUnavailable("disk I/O error")
+            return 0
+
+        async def check(self) -> StoreProblem | None:
+            return StoreProblem(kind="failing", reason="commits fail: database or disk is full")
+
+        async def ping(self) -> None:
+            return None
+
+    async def take_back() -> int:
+        return 0
+
+    async def give_back_owed() -> int:
+        return 0
+
+    async def keep_leases() -> int:
+        passes.append("keep_leases")
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
+                                 lease_s=10.0, monotonic=lambda: now[0])
+    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: "release_expired" in passes)  # the failed pass
+        count = passes.count("keep_leases")
+        await eventually(lambda: passes.count("keep_leases") >= count + 3)
+        now[0] += 10.0
+        await eventually(lambda: passes.count("release_expired") >= 2)
+    finally:
+        reaper.cancel()
+        await asyncio.gather(reaper, return_exceptions=True)
+
+
 async def test_a_give_back_of_what_is_owed_that_fails_does_not_keep_the_reaper_from_renewing_leases() -> None:
     """The release of what this process owes failing (alone: a lock it waits on past the statement timeout), the
     pass still renews this process's leases, results held in memory among them, and then counts as failed (it does
@@ -1502,7 +1550,7 @@ async def test_a_give_back_of_what_is_owed_that_fails_does_not_keep_the_reaper_f
             passes.append("release_expired")
             return 0
 
-        async def check(self) -> StoreProblem | None:
+        async def ping(self) -> None:
             return None
 
     async def take_back() -> int:
@@ -1544,7 +1592,7 @@ async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leas
             passes.append("release_expired")
             return 0
 
-        async def check(self) -> StoreProblem | None:
+        async def ping(self) -> None:
             return None
 
     async def take_back() -> int:
