@@ -1242,6 +1242,60 @@ async def test_a_delivery_given_back_unsent_while_the_store_is_down_is_not_reape
     assert "delivery.release_failed" not in events
 
 
+class ReleaseHangs(FollowUps):
+    """FollowUps whose first release fails, and whose second hangs until `let_go` is set, then fails (a connection
+    waited for while the server comes back); every later release is done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releases = 0
+        self.hanging = asyncio.Event()
+        self.let_go = asyncio.Event()
+
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
+        self.releases += 1
+        if self.releases == 1:
+            raise StoreUnavailable("postgresql: connection refused")
+        if self.releases == 2:
+            self.hanging.set()
+            await self.let_go.wait()
+            raise StoreUnavailable("postgresql: connection refused")
+        await super().release(delivery_ids, owner=owner, tokens=tokens)
+
+
+async def test_a_release_that_fails_after_the_reaper_gave_it_back_is_not_said_to_have_failed() -> None:
+    """A follow-up given back unsent, its release failing, is owed. While the lane's next release waits on the store,
+    the reaper's pass gives it back with what is owed and renews the leases (its own not returned: it is pending).
+    The lane's release then failing, the lane says it was given back (`delivery.released_late`), not that it stays
+    in flight to be given back in doubt (`delivery.release_failed`, an error), which it was not: it is sent once,
+    not in doubt. Before, the failure was weighed first, and the lease not returned, or the lane's new claim of it,
+    made it `delivery.release_failed`."""
+    store = ReleaseHangs()
+    [delivery_id] = await store.add()
+    store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": last_try()}, timings=FAST, clock=lambda: store.now,
+                           follow_ups=store.render)
+            d.start()
+            try:
+                await eventually(store.hanging.is_set)
+                assert await d.give_back_owed() == 1  # the reaper's pass, on a connection of its own
+                await d.keep_leases()
+                store.let_go.set()
+                await eventually(lambda: bool(store.records))
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    row = store.deliveries[delivery_id].row
+    assert (row.status, row.unknowns, row.in_doubt_since_ms) == ("succeeded", 0, None)
+    late = [e for e in logs if e["event"] == "delivery.released_late"]
+    assert [e.get("with_owed") for e in late] == [True]
+    assert "delivery.release_failed" not in [e["event"] for e in logs]
+
+
 class StoreDown(FollowUps):
     """FollowUps whose store goes down (`down`) as the claim that follows `down_at_claim` returns: every call the
     dispatcher and the reaper make fails then, StoreUnavailable. The first to fail hangs first for `outage_s` (the
