@@ -380,6 +380,19 @@ def attempt_observer(rt: Runtime) -> Callable[[Attempted], None]:
     return observe
 
 
+def reap_resumed(deferred_s: float, *, capped: bool) -> None:
+    """Say that a reaper reaps again after deferring it for `deferred_s` (`reap_expired_leases`): the store has
+    answered for a lease, or (`capped`, a warning) it kept failing now and then for REAP_DEFERRED_LEASES leases."""
+    if capped:
+        log.warning("delivery.reap_resumed", deferred_s=round(deferred_s, 1), capped=True,
+                    note=f"the store kept failing now and then: after {REAP_DEFERRED_LEASES} leases, leases that ran "
+                         "out are reaped though it has not answered for a lease since (a live process that could not "
+                         "renew its leases meanwhile may lose them)")
+    else:
+        log.info("delivery.reap_resumed", deferred_s=round(deferred_s, 1), capped=False,
+                 note="the store has answered for a lease: leases that ran out are reaped again")
+
+
 async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: float = REAP_SECONDS,
                               on_released: Callable[[int], None] | None = None) -> None:
     """Renew this process's leases and give back deliveries whose lease ran out: a process that died while sending them
@@ -445,6 +458,7 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                 if now - back_since < dispatcher.lease_s \
                         and now - deferred_since < REAP_DEFERRED_LEASES * dispatcher.lease_s:
                     continue
+                reap_resumed(now - deferred_since, capped=now - back_since < dispatcher.lease_s)
                 failed, back_since, deferred_since = False, None, None
             released = await store.release_expired()
         except StoreUnavailable as exc:

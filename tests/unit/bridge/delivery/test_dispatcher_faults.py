@@ -1488,6 +1488,7 @@ async def test_after_a_pass_the_store_failed_the_reaper_reaps_once_the_store_has
             reaper.cancel()
             await asyncio.gather(reaper, return_exceptions=True)
     assert [e["event"] for e in logs].count("delivery.reap_deferred") == 1
+    assert [(e["capped"], e["log_level"]) for e in logs if e["event"] == "delivery.reap_resumed"] == [(False, "info")]
 
 
 async def test_a_reaper_holding_nothing_waits_a_lease_from_when_the_store_answers_not_from_its_first_pass() -> None:
@@ -1663,18 +1664,22 @@ async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leas
 
     dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
                                  lease_s=10.0, monotonic=lambda: now[0])
-    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
-    try:
-        await eventually(lambda: passes.count("keep_leases") >= 6)
-        now[0] += 29.9
-        count = passes.count("keep_leases")
-        await eventually(lambda: passes.count("keep_leases") >= count + 6)
-        assert "release_expired" not in passes
-        now[0] += 0.2
-        await eventually(lambda: "release_expired" in passes)
-    finally:
-        reaper.cancel()
-        await asyncio.gather(reaper, return_exceptions=True)
+    with structlog.testing.capture_logs() as logs:
+        reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+        try:
+            await eventually(lambda: passes.count("keep_leases") >= 6)
+            now[0] += 29.9
+            count = passes.count("keep_leases")
+            await eventually(lambda: passes.count("keep_leases") >= count + 6)
+            assert "release_expired" not in passes
+            now[0] += 0.2
+            await eventually(lambda: "release_expired" in passes)
+        finally:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
+    # The operator is told reaping resumed though the store never answered for a lease: a warning
+    resumed = [e for e in logs if e["event"] == "delivery.reap_resumed"]
+    assert [(e["capped"], e["log_level"], e["deferred_s"]) for e in resumed] == [(True, "warning", 30.1)]
 
 
 @pytest.mark.parametrize("grace_s", [0.0, 30.0])
