@@ -380,23 +380,38 @@ def attempt_observer(rt: Runtime) -> Callable[[Attempted], None]:
     return observe
 
 
+def reap_resumed(deferred_s: float, *, capped: bool) -> None:
+    """Say that a reaper reaps again after deferring it for `deferred_s` (`reap_expired_leases`): the store has
+    answered for a lease, or (`capped`, a warning) it kept failing now and then for REAP_DEFERRED_LEASES leases."""
+    if capped:
+        log.warning("delivery.reap_resumed", deferred_s=round(deferred_s, 1), capped=True,
+                    note=f"the store kept failing now and then: after {REAP_DEFERRED_LEASES} leases, leases that ran "
+                         "out are reaped though it has not answered for a lease since (a live process that could not "
+                         "renew its leases meanwhile may lose them)")
+    else:
+        log.info("delivery.reap_resumed", deferred_s=round(deferred_s, 1), capped=False,
+                 note="the store has answered for a lease: leases that ran out are reaped again")
+
+
 async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: float = REAP_SECONDS,
                               on_released: Callable[[int], None] | None = None) -> None:
-    """Renew this process's leases and give back deliveries whose lease ran out: a process that died while
-    sending them (shared stores), or this one's before a restart. Runs at once, then every `every_s` (a third
-    of a lease), so a lease held here never runs out while its sender still waits, sends or holds a result,
-    and a dead process's work is due again within a lease and a third. Each pass first gives back what this process
-    owes (`Dispatcher.give_back_owed`: not sent, its release failed while the store was down), then extends the
-    leases of what it still holds, in the same order on the one store, so that a result waiting to be recorded is
-    never given back to be sent again, nor one never sent reaped in doubt. After a pass the store failed, leases are
-    not reaped until the store has answered for a lease (`Dispatcher.lease_s`): an outage longer than a lease lets
-    every process's leases run out, and the live ones renew theirs and give back what they owe within that time
-    (every third of a lease), while a dead process's work waits a lease longer. A store that keeps failing a pass
-    now and then defers reaping for REAP_DEFERRED_LEASES leases at most, so a dead process's work is still taken
-    over. `on_released` is told how many deliveries each pass took over from a sender that died or stalled
-    (ticketbridge_lease_takeovers_total): the first pass also those an earlier process left in flight, which the
-    store gave back when it opened (SQLite, `Store.recovered_at_open`) or `take_back` gives back (PostgreSQL, this
-    host:port's earlier process); every pass those whose lease ran out."""
+    """Renew this process's leases and give back deliveries whose lease ran out: a process that died while sending them
+    (shared stores), or this one's before a restart. Runs at once, then every `every_s` (a third of a lease), so a
+    lease held here never runs out while its sender still waits, sends or holds a result, and a dead process's work
+    is due again within a lease and a third. Each pass first gives back what this process owes
+    (`Dispatcher.give_back_owed`: not sent, its release failed while the store was down; failing, it fails the pass
+    once the leases are renewed), then extends the leases of what it still holds, in the same order on the one
+    store, so that a result waiting to be recorded is never given back to be sent again, nor one never sent reaped
+    in doubt. After a pass the store failed, leases are not reaped until the store has answered for a lease
+    (`Dispatcher.lease_s`; each pass meanwhile asks it, `Store.ping`, as one that renews and gives back nothing
+    asks it nothing: a process holding nothing would count the passes of an outage as the store answering): an
+    outage longer than a lease lets every process's leases run out, and the live ones renew theirs and give back
+    what they owe within that time (every third of a lease), while a dead process's work waits a lease longer. A
+    store that keeps failing a pass now and then defers reaping for REAP_DEFERRED_LEASES leases at most, so a dead
+    process's work is still taken over. `on_released` is told how many deliveries each pass took over from a sender
+    that died or stalled (ticketbridge_lease_takeovers_total): the first pass also those an earlier process left in
+    flight, which the store gave back when it opened (SQLite, `Store.recovered_at_open`) or `take_back` gives back
+    (PostgreSQL, this host:port's earlier process); every pass those whose lease ran out."""
     first, taken_back = True, False
     failed = False  # a pass failed, and the store has not answered for a lease since
     back_since: float | None = None  # when it answered again (`Dispatcher.monotonic`)
@@ -414,9 +429,24 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                                 note="left in flight by this instance's previous process; due again now")
                 if (recovered := taken + store.recovered_at_open()) and on_released is not None:
                     on_released(recovered)
-            await dispatcher.give_back_owed()
+            try:
+                await dispatcher.give_back_owed()
+            except StoreUnavailable as exc:
+                # Its leases renewed all the same (results held in memory among them), then the pass fails: a
+                # release that alone fails (a row's lock it waits on past the statement timeout) must not let
+                # every lease of this process run out.
+                owing: StoreUnavailable | None = exc
+            else:
+                owing = None
             await dispatcher.keep_leases()
+            if owing is not None:
+                raise owing
             if failed:
+                # Neither asks the store anything when nothing is held or owed here: the store is asked now, so
+                # that the wait for a lease runs from when it answers, not from a pass that asked it nothing
+                # while it was still down (it would then reap at once as it comes back, before the live
+                # processes renew their leases).
+                await store.ping()
                 now = dispatcher.monotonic()
                 if back_since is None:
                     back_since = now
@@ -428,6 +458,7 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                 if now - back_since < dispatcher.lease_s \
                         and now - deferred_since < REAP_DEFERRED_LEASES * dispatcher.lease_s:
                     continue
+                reap_resumed(now - deferred_since, capped=now - back_since < dispatcher.lease_s)
                 failed, back_since, deferred_since = False, None, None
             released = await store.release_expired()
         except StoreUnavailable as exc:

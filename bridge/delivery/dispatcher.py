@@ -721,6 +721,11 @@ class Lane:
                 except StoreUnavailable as exc:
                     failures += 1
                     error = str(exc)
+                    if given.is_set():
+                        # The reaper gave it back while this release waited on the store, and renewed leases since
+                        # (its lease not returned, or this lane's new claim of it): said at the loop's top, not as
+                        # a release that failed.
+                        continue
                 else:
                     if failures:
                         blog.warning("delivery.released_late", failed_releases=failures)

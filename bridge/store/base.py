@@ -512,6 +512,12 @@ class Store(ABC):
         """`problem()`, checked now where that is cheap (for `/readyz`): a store seen failing is tried again."""
         return self.problem()
 
+    async def ping(self) -> None:  # noqa: B027 - a store this process owns answers while open
+        """Ask the store something now, for a caller that must know it answers (the lease reaper, after a pass the
+        store failed, when it had nothing else to ask); raises StoreUnavailable when it does not. A store this
+        process owns (a file, memory) answers while it is open: nothing to ask. Unlike `check`, a store that answers
+        while its commits are seen failing (a disk nearly full) is not said not to."""
+
     async def wait_lost(self) -> str:
         """Return (with what happened) once the store is gone for good and what it held has been saved:
         the process should stop and be started again. Never returns for a store that cannot be lost."""

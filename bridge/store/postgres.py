@@ -450,6 +450,10 @@ class PostgresStore(Store):
                 await self._failed(exc)
         return self.problem()
 
+    async def ping(self) -> None:
+        """A query on a pooled connection (as `check` asks a working store). Raises StoreUnavailable."""
+        await self._run(_ping)
+
     # -- wake-ups across processes ----------------------------------------------------------------
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:

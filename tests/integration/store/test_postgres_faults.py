@@ -99,8 +99,8 @@ class Proxy:
 
 
 async def test_an_unreachable_server_is_reported_until_it_answers_again(pg_schema: str) -> None:
-    """While PostgreSQL cannot be reached, check() (for /readyz) says `failing` and intake raises
-    StoreUnavailable; once it answers again, the store recovers by itself with new connections."""
+    """While PostgreSQL cannot be reached, check() (for /readyz) says `failing`, and intake and ping() (for the lease
+    reaper) raise StoreUnavailable; once it answers again, the store recovers by itself with new connections."""
     parts = urlsplit(DSN)
     proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
     await proxy.start()
@@ -110,14 +110,18 @@ async def test_an_unreachable_server_is_reported_until_it_answers_again(pg_schem
     try:
         await accept_one(store, make_delivery())
         assert await store.check() is None
+        await store.ping()
         await proxy.cut()
         problem = await store.check()
         assert problem is not None
         assert problem.kind == "failing"
         with pytest.raises(StoreUnavailable, match="postgresql"):
             await accept_one(store, make_delivery())
+        with pytest.raises(StoreUnavailable, match="postgresql"):  # the lease reaper's question: does it answer
+            await store.ping()
         await proxy.start()
         assert await store.check() is None
+        await store.ping()
         await accept_one(store, make_delivery())
     finally:
         await store.close()

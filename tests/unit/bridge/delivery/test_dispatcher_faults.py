@@ -35,6 +35,7 @@ from bridge.events import Event
 from bridge.store.base import (
     AttemptResult,
     NewDelivery,
+    StoreProblem,
 )
 from bridge.store.memory import MemoryStore
 from bridge.vendors.base import VendorAuthFailed, VendorRequest
@@ -1241,6 +1242,60 @@ async def test_a_delivery_given_back_unsent_while_the_store_is_down_is_not_reape
     assert "delivery.release_failed" not in events
 
 
+class ReleaseHangs(FollowUps):
+    """FollowUps whose first release fails, and whose second hangs until `let_go` is set, then fails (a connection
+    waited for while the server comes back); every later release is done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releases = 0
+        self.hanging = asyncio.Event()
+        self.let_go = asyncio.Event()
+
+    async def release(self, delivery_ids: list[str], *, owner: str | None = None,
+                      tokens: Sequence[int] | None = None) -> None:
+        self.releases += 1
+        if self.releases == 1:
+            raise StoreUnavailable("postgresql: connection refused")
+        if self.releases == 2:
+            self.hanging.set()
+            await self.let_go.wait()
+            raise StoreUnavailable("postgresql: connection refused")
+        await super().release(delivery_ids, owner=owner, tokens=tokens)
+
+
+async def test_a_release_that_fails_after_the_reaper_gave_it_back_is_not_said_to_have_failed() -> None:
+    """A follow-up given back unsent, its release failing, is owed. While the lane's next release waits on the store,
+    the reaper's pass gives it back with what is owed and renews the leases (its own not returned: it is pending).
+    The lane's release then failing, the lane says it was given back (`delivery.released_late`), not that it stays
+    in flight to be given back in doubt (`delivery.release_failed`, an error), which it was not: it is sent once,
+    not in doubt. Before, the failure was weighed first, and the lease not returned, or the lane's new claim of it,
+    made it `delivery.release_failed`."""
+    store = ReleaseHangs()
+    [delivery_id] = await store.add()
+    store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
+    with structlog.testing.capture_logs() as logs, aioresponses() as m:
+        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
+        async with aiohttp.ClientSession() as session:
+            d = Dispatcher(store, session, {"kapture": last_try()}, timings=FAST, clock=lambda: store.now,
+                           follow_ups=store.render)
+            d.start()
+            try:
+                await eventually(store.hanging.is_set)
+                assert await d.give_back_owed() == 1  # the reaper's pass, on a connection of its own
+                await d.keep_leases()
+                store.let_go.set()
+                await eventually(lambda: bool(store.records))
+            finally:
+                await d.stop(0.0)
+        assert requests(m) == 1
+    row = store.deliveries[delivery_id].row
+    assert (row.status, row.unknowns, row.in_doubt_since_ms) == ("succeeded", 0, None)
+    late = [e for e in logs if e["event"] == "delivery.released_late"]
+    assert [e.get("with_owed") for e in late] == [True]
+    assert "delivery.release_failed" not in [e["event"] for e in logs]
+
+
 class StoreDown(FollowUps):
     """FollowUps whose store goes down (`down`) as the claim that follows `down_at_claim` returns: every call the
     dispatcher and the reaper make fails then, StoreUnavailable. The first to fail hangs first for `outage_s` (the
@@ -1399,6 +1454,9 @@ async def test_after_a_pass_the_store_failed_the_reaper_reaps_once_the_store_has
             passes.append("release_expired")
             return 0
 
+        async def ping(self) -> None:
+            return None
+
     async def take_back() -> int:
         return 0
 
@@ -1430,6 +1488,149 @@ async def test_after_a_pass_the_store_failed_the_reaper_reaps_once_the_store_has
             reaper.cancel()
             await asyncio.gather(reaper, return_exceptions=True)
     assert [e["event"] for e in logs].count("delivery.reap_deferred") == 1
+    assert [(e["capped"], e["log_level"]) for e in logs if e["event"] == "delivery.reap_resumed"] == [(False, "info")]
+
+
+async def test_a_reaper_holding_nothing_waits_a_lease_from_when_the_store_answers_not_from_its_first_pass() -> None:
+    """A process holding and owing nothing renews and gives back nothing: its passes ask the store nothing. After
+    a pass the store failed, it asks the store (`Store.ping`) each pass until it has answered for a lease, so that
+    the passes of an outage longer than a lease do not count as the store answering: as the store comes back, the
+    reaper waits a lease before it reaps, and the other processes renew their leases first. Before, the wait ran
+    from its first pass after the failure, which asked nothing, and it reaped as the store came back."""
+    now = [0.0]
+    down = [True]
+    passes: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 0
+
+        async def release_expired(self) -> int:
+            passes.append("release_expired")
+            if down[0]:
+                raise StoreUnavailable("postgresql: connection refused")
+            return 0
+
+        async def ping(self) -> None:
+            passes.append("ping")
+            if down[0]:
+                raise StoreUnavailable("postgresql: connection refused")
+
+    async def take_back() -> int:
+        return 0
+
+    async def give_back_owed() -> int:
+        return 0  # nothing owed: no statement
+
+    async def keep_leases() -> int:
+        passes.append("keep_leases")  # nothing held: no statement
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
+                                 lease_s=10.0, monotonic=lambda: now[0])
+    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: "release_expired" in passes)  # failed: the store is down
+        count = passes.count("keep_leases")
+        await eventually(lambda: passes.count("keep_leases") >= count + 3)  # passes that asked nothing, still down
+        down[0], now[0] = False, 10.1  # back, a lease and more after the failed pass
+        passes.clear()
+        await eventually(lambda: passes.count("keep_leases") >= 3)
+        assert "release_expired" not in passes, "reaped as the store came back"
+        now[0] += 10.0
+        await eventually(lambda: "release_expired" in passes)
+    finally:
+        reaper.cancel()
+        await asyncio.gather(reaper, return_exceptions=True)
+
+
+async def test_a_store_that_answers_while_its_commits_are_seen_failing_is_reaped_after_a_lease() -> None:
+    """A store that answers while it still says its commits fail (SQLite with its disk nearly full: `check` says
+    `failing` until a commit succeeds with room) is asked whether it answers (`Store.ping`), not whether it fails:
+    the reaper, holding nothing, reaps a lease after the pass the store failed, not once the disk has room."""
+    now = [0.0]
+    passes: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 0
+
+        async def release_expired(self) -> int:
+            passes.append("release_expired")
+            if passes.count("release_expired") == 1:
+                raise StoreUnavailable("disk I/O error")
+            return 0
+
+        async def check(self) -> StoreProblem | None:
+            return StoreProblem(kind="failing", reason="commits fail: database or disk is full")
+
+        async def ping(self) -> None:
+            return None
+
+    async def take_back() -> int:
+        return 0
+
+    async def give_back_owed() -> int:
+        return 0
+
+    async def keep_leases() -> int:
+        passes.append("keep_leases")
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
+                                 lease_s=10.0, monotonic=lambda: now[0])
+    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: "release_expired" in passes)  # the failed pass
+        count = passes.count("keep_leases")
+        await eventually(lambda: passes.count("keep_leases") >= count + 3)
+        now[0] += 10.0
+        await eventually(lambda: passes.count("release_expired") >= 2)
+    finally:
+        reaper.cancel()
+        await asyncio.gather(reaper, return_exceptions=True)
+
+
+async def test_a_give_back_of_what_is_owed_that_fails_does_not_keep_the_reaper_from_renewing_leases() -> None:
+    """The release of what this process owes failing (alone: a lock it waits on past the statement timeout), the
+    pass still renews this process's leases, results held in memory among them, and then counts as failed (it does
+    not reap). Before, the failure ended the pass before the renewal, for as long as it lasted."""
+    passes: list[str] = []
+
+    class Store:
+        def recovered_at_open(self) -> int:
+            return 0
+
+        async def release_expired(self) -> int:
+            passes.append("release_expired")
+            return 0
+
+        async def ping(self) -> None:
+            return None
+
+    async def take_back() -> int:
+        return 0
+
+    async def give_back_owed() -> int:
+        passes.append("give_back_owed")
+        raise StoreUnavailable("postgresql: canceling statement due to statement timeout")
+
+    async def keep_leases() -> int:
+        passes.append("keep_leases")
+        return 0
+
+    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
+                                 lease_s=10.0, monotonic=lambda: 0.0)
+    with structlog.testing.capture_logs() as logs:
+        reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+        try:
+            await eventually(lambda: passes.count("give_back_owed") >= 3)
+        finally:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
+    assert passes.count("keep_leases") >= 2, passes
+    assert "release_expired" not in passes
+    assert any(e["event"] == "delivery.reap_failed" for e in logs)
 
 
 async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leases_at_most() -> None:
@@ -1446,6 +1647,9 @@ async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leas
             passes.append("release_expired")
             return 0
 
+        async def ping(self) -> None:
+            return None
+
     async def take_back() -> int:
         return 0
 
@@ -1460,18 +1664,22 @@ async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leas
 
     dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
                                  lease_s=10.0, monotonic=lambda: now[0])
-    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
-    try:
-        await eventually(lambda: passes.count("keep_leases") >= 6)
-        now[0] += 29.9
-        count = passes.count("keep_leases")
-        await eventually(lambda: passes.count("keep_leases") >= count + 6)
-        assert "release_expired" not in passes
-        now[0] += 0.2
-        await eventually(lambda: "release_expired" in passes)
-    finally:
-        reaper.cancel()
-        await asyncio.gather(reaper, return_exceptions=True)
+    with structlog.testing.capture_logs() as logs:
+        reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
+        try:
+            await eventually(lambda: passes.count("keep_leases") >= 6)
+            now[0] += 29.9
+            count = passes.count("keep_leases")
+            await eventually(lambda: passes.count("keep_leases") >= count + 6)
+            assert "release_expired" not in passes
+            now[0] += 0.2
+            await eventually(lambda: "release_expired" in passes)
+        finally:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
+    # The operator is told reaping resumed though the store never answered for a lease: a warning
+    resumed = [e for e in logs if e["event"] == "delivery.reap_resumed"]
+    assert [(e["capped"], e["log_level"], e["deferred_s"]) for e in resumed] == [(True, "warning", 30.1)]
 
 
 @pytest.mark.parametrize("grace_s", [0.0, 30.0])
