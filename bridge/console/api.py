@@ -798,16 +798,20 @@ async def replay(call: Call) -> ReplayResult:
                 await _replayed(call, rerender, stopped.moved, stopped.refused, stopped=type(stopped.cause).__name__)
             except Exception:  # the store that stopped the replay may refuse the audit too: the log names them
                 log.exception("admin.replay_audit_failed", replayed=len(stopped.moved))
-            if isinstance(stopped.cause, StoreRefused) and stopped.moved:
-                # Not `blame`'s answer, "nothing was changed": what was moved before the refusal stays moved.
-                log.warning("admin.store_refused", route="POST /admin/api/replay", fields=[],
-                            code=stopped.cause.code, error=stopped.cause.reason)
-                raise ApiError(422, f"the store refused a value of the replay ({stopped.cause.code}) after "
-                                    f"{len(stopped.moved)} of its deliveries were replayed, which stay replayed "
-                                    f"(audited, stopped_by {type(stopped.cause).__name__}): "
-                                    f"{', '.join(stopped.moved[:20])}{' …' if len(stopped.moved) > 20 else ''}; "
-                                    "the rest were not replayed, and are refused the same way on every try "
-                                    "(see the log, admin.store_refused)") from None
+            if stopped.moved and isinstance(stopped.cause, StoreUnavailable):
+                # Not the answer the error alone gets ("nothing was changed", "the store is unavailable"): what was
+                # moved before it stays moved, and is named.
+                stayed = (f"{len(stopped.moved)} of its deliveries were replayed, which stay replayed (audited, "
+                          f"stopped_by {type(stopped.cause).__name__}): {', '.join(stopped.moved[:20])}"
+                          f"{' …' if len(stopped.moved) > 20 else ''}; the rest were not replayed")
+                if isinstance(stopped.cause, StoreRefused):
+                    log.warning("admin.store_refused", route="POST /admin/api/replay", fields=[],
+                                code=stopped.cause.code, error=stopped.cause.reason)
+                    raise ApiError(422, f"the store refused a value of the replay ({stopped.cause.code}) after "
+                                        f"{stayed}, and are refused the same way on every try (see the log, "
+                                        "admin.store_refused)") from None
+                raise ApiError(503, f"the store became unavailable during the replay, after {stayed}: "
+                                    f"{stopped.cause}; replay the rest once it is back") from None
             raise stopped.cause from None
     if moved:  # none on a dry run
         await _replayed(call, rerender, moved, refused)

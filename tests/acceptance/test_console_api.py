@@ -239,6 +239,9 @@ async def test_a_replay_an_error_stops_after_a_part_audits_what_it_moved(
     client, resp, parts = await _replay_stopped_on_second_part(write_config, bridge_client, monkeypatch,
                                                                StoreUnavailable("the disk is full"))
     assert resp.status == 503, await resp.text()
+    said = (await resp.json())["error"]
+    assert "after 1 of its deliveries were replayed, which stay replayed" in said and parts[0][0] in said
+    assert "the disk is full" in said
     [entry] = (await get(client, "/admin/api/audit"))["items"]
     assert (entry["action"], entry["target"]) == ("deliveries.rerender", parts[0][0])
     assert entry["detail"]["ids"] == parts[0]
