@@ -20,6 +20,7 @@ from bridge.mapping.mappingset import compile_document
 from bridge.routing import Rendered, render_event
 from bridge.vendors import base
 from bridge.yamlfile import load_yaml
+from tests.lenient_threads import lenient_threads
 
 LOOP = compile_field("f", "{% for i in range(3) %}{{ i }}{% endfor %}")
 PLAIN = compile_field("f", "plain text")
@@ -166,14 +167,7 @@ async def test_a_lookup_answer_msgspec_refuses_is_read_leniently_on_the_loop_onl
     there only up to LOOP_ANSWER_BYTES (about 3 ms at most); a longer one msgspec refuses is read again, from the
     start, in the LOOKUPS thread, where the lenient read (up to 12 ms for 64 KiB) holds no callback of the loop.
     Either way its value is the same."""
-    lenient: list[str] = []
-    decode_lenient = base.decode_lenient
-
-    def noted(body: bytes) -> Any:
-        lenient.append(threading.current_thread().name)
-        return decode_lenient(body)
-
-    monkeypatch.setattr(base, "decode_lenient", noted)
+    lenient = lenient_threads(monkeypatch)
     body = answer_of(size, b"\xe9")
     assert len(body) == size
     value = await offload.read_answer_off_loop(base.decode_json, body)

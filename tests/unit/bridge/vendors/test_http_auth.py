@@ -4,7 +4,6 @@ simulator's local token endpoint (the token cached, obtained again on expiry and
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import aiohttp
@@ -17,13 +16,13 @@ from bridge.offload import LOOP_ANSWER_BYTES
 from bridge.simulators.faults import Faults
 from bridge.simulators.http import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, TOKEN_PATH, HttpKnobs, HttpSimulator
 from bridge.store.base import Claimed
-from bridge.vendors import base
 from bridge.vendors.base import VendorAuthFailed, VendorUnavailable
 from bridge.vendors.credentials import StaticCredentials, TokenCredentials
 from bridge.vendors.http import HttpAdapter, HttpOptions
 from bridge.vendors.http_auth import OAuth2ClientCredentials, OAuth2Credentials
 from bridge.vendors.netgroot import LOGIN_PATH, NetgrootLogin, NetgrootLoginCredentials
 from tests.fixtures.clocks import ManualClock
+from tests.lenient_threads import lenient_threads
 
 
 def options(auth: dict[str, Any], base_url: str = "https://api.example") -> HttpOptions:
@@ -358,14 +357,7 @@ async def test_a_long_token_answer_msgspec_refuses_is_read_leniently_off_the_loo
     """A token answer (read up to 64 KiB) longer than LOOP_ANSWER_BYTES that msgspec refuses for a byte that is not
     UTF-8 is read leniently in the look-up thread, not on the loop (up to 12 ms for 64 KiB there): its token is
     used all the same."""
-    lenient: list[str] = []
-    decode_lenient = base.decode_lenient
-
-    def noted(body: bytes) -> Any:
-        lenient.append(threading.current_thread().name)
-        return decode_lenient(body)
-
-    monkeypatch.setattr(base, "decode_lenient", noted)
+    lenient = lenient_threads(monkeypatch)
     key = "access_token" if vendor == "oauth2" else "token"
     body = b'{"%s": "tok-1", "note": "' % key.encode() + b"x" * LOOP_ANSWER_BYTES + b'\xe9"}'
     base_url = await token_server(aiohttp_server, vendor, 200, body)
