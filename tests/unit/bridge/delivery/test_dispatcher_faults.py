@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -469,36 +470,79 @@ async def test_the_reaper_never_gives_back_a_delivery_whose_result_is_held() -> 
     assert sum(taken_over) == 1  # what /metrics shows as ticketbridge_lease_takeovers_total
 
 
+@dataclass
+class ReaperFakes:
+    """The store and the dispatcher `reap_expired_leases` drives, in one fake, on a clock the test moves (`now`, in
+    seconds; a lease is `lease_s`). Each call it is asked is noted by name in `passes`, then raises
+    StoreUnavailable(`error`) if `fails(name, n)` says so of its `n`th call (1 the first). `take_back`,
+    `recovered_at_open` and `release_expired` give back `taken_back`, `recovered` and `expired` deliveries;
+    `give_back_owed` and `keep_leases` nothing; `check` says `problem`."""
+
+    fails: Callable[[str, int], bool] = lambda name, n: False
+    error: str = "postgresql: connection refused"
+    now: float = 0.0
+    lease_s: float = 10.0
+    taken_back: int = 0
+    recovered: int = 0
+    expired: int = 0
+    problem: StoreProblem | None = None
+    passes: list[str] = field(default_factory=list)
+
+    def _asked(self, name: str) -> None:
+        self.passes.append(name)
+        if self.fails(name, self.passes.count(name)):
+            raise StoreUnavailable(self.error)
+
+    # The store's part
+    def recovered_at_open(self) -> int:
+        return self.recovered
+
+    async def release_expired(self) -> int:
+        self._asked("release_expired")
+        return self.expired
+
+    async def ping(self) -> None:
+        self._asked("ping")
+
+    async def check(self) -> StoreProblem | None:
+        return self.problem
+
+    # The dispatcher's part
+    async def take_back(self) -> int:
+        self._asked("take_back")
+        return self.taken_back
+
+    async def give_back_owed(self) -> int:
+        self._asked("give_back_owed")
+        return 0
+
+    async def keep_leases(self) -> int:
+        self._asked("keep_leases")
+        return 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    @asynccontextmanager
+    async def reaping(self, on_released: Callable[[int], None] | None = None) -> AsyncIterator[None]:
+        """`reap_expired_leases` on these fakes, a pass after another, for as long as the block runs."""
+        reaper = asyncio.create_task(reap_expired_leases(self, self, every_s=0.0,  # type: ignore[arg-type]
+                                                         on_released=on_released))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
+
+
 async def test_the_reaper_counts_what_an_earlier_process_left_in_flight_as_taken_over() -> None:
     """ticketbridge_lease_takeovers_total counts every delivery given back from a sender that died or stalled: at
     start those an earlier process left in flight, whether the store gave them back as it opened (SQLite) or
     take_back does (PostgreSQL, this host:port's earlier process); then those whose leases ran out."""
-    rounds: list[str] = []
-
-    class Store:
-        def recovered_at_open(self) -> int:
-            return 3
-
-        async def release_expired(self) -> int:
-            rounds.append("release_expired")
-            return 1
-
-    async def take_back() -> int:
-        return 2
-
-    async def keep_leases() -> None:
-        return None
-
-    async def give_back_owed() -> int:
-        return 0
-
-    dispatcher = SimpleNamespace(take_back=take_back, keep_leases=keep_leases, give_back_owed=give_back_owed)
+    fakes = ReaperFakes(recovered=3, taken_back=2, expired=1)
     taken_over: list[int] = []
-    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0,  # type: ignore[arg-type]
-                                                     on_released=taken_over.append))
-    await eventually(lambda: len(rounds) >= 3)
-    reaper.cancel()
-    await asyncio.gather(reaper, return_exceptions=True)
+    async with fakes.reaping(on_released=taken_over.append):
+        await eventually(lambda: fakes.passes.count("release_expired") >= 3)
     assert taken_over[:3] == [2 + 3, 1, 1]
 
 
@@ -1442,51 +1486,20 @@ async def test_after_a_pass_the_store_failed_the_reaper_reaps_once_the_store_has
     """An outage longer than a lease lets every process's leases run out. Once the store answers again, the reaper
     gives back what this process owes and renews its leases at once, but reaps only once the store has answered
     for a lease, so that the other live processes renew theirs and give back what they owe first."""
-    now = [0.0]
     down = [True]
-    passes: list[str] = []
-
-    class Store:
-        def recovered_at_open(self) -> int:
-            return 0
-
-        async def release_expired(self) -> int:
-            passes.append("release_expired")
-            return 0
-
-        async def ping(self) -> None:
-            return None
-
-    async def take_back() -> int:
-        return 0
-
-    async def give_back_owed() -> int:
-        return 0
-
-    async def keep_leases() -> int:
-        passes.append("keep_leases")
-        if down[0]:
-            raise StoreUnavailable("postgresql: connection refused")
-        return 0
-
-    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
-                                 lease_s=10.0, monotonic=lambda: now[0])
+    fakes = ReaperFakes(fails=lambda name, n: name == "keep_leases" and down[0])
     with structlog.testing.capture_logs() as logs:
-        reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
-        try:
-            await eventually(lambda: passes.count("keep_leases") >= 2)
+        async with fakes.reaping():
+            await eventually(lambda: fakes.passes.count("keep_leases") >= 2)
             down[0] = False
-            passes.clear()
-            await eventually(lambda: passes.count("keep_leases") >= 3)
-            now[0] += 9.9
-            passes.clear()
-            await eventually(lambda: passes.count("keep_leases") >= 3)
-            assert "release_expired" not in passes
-            now[0] += 0.2
-            await eventually(lambda: "release_expired" in passes)
-        finally:
-            reaper.cancel()
-            await asyncio.gather(reaper, return_exceptions=True)
+            fakes.passes.clear()
+            await eventually(lambda: fakes.passes.count("keep_leases") >= 3)
+            fakes.now += 9.9
+            fakes.passes.clear()
+            await eventually(lambda: fakes.passes.count("keep_leases") >= 3)
+            assert "release_expired" not in fakes.passes
+            fakes.now += 0.2
+            await eventually(lambda: "release_expired" in fakes.passes)
     assert [e["event"] for e in logs].count("delivery.reap_deferred") == 1
     assert [(e["capped"], e["log_level"]) for e in logs if e["event"] == "delivery.reap_resumed"] == [(False, "info")]
 
@@ -1497,186 +1510,62 @@ async def test_a_reaper_holding_nothing_waits_a_lease_from_when_the_store_answer
     the passes of an outage longer than a lease do not count as the store answering: as the store comes back, the
     reaper waits a lease before it reaps, and the other processes renew their leases first. Before, the wait ran
     from its first pass after the failure, which asked nothing, and it reaped as the store came back."""
-    now = [0.0]
     down = [True]
-    passes: list[str] = []
-
-    class Store:
-        def recovered_at_open(self) -> int:
-            return 0
-
-        async def release_expired(self) -> int:
-            passes.append("release_expired")
-            if down[0]:
-                raise StoreUnavailable("postgresql: connection refused")
-            return 0
-
-        async def ping(self) -> None:
-            passes.append("ping")
-            if down[0]:
-                raise StoreUnavailable("postgresql: connection refused")
-
-    async def take_back() -> int:
-        return 0
-
-    async def give_back_owed() -> int:
-        return 0  # nothing owed: no statement
-
-    async def keep_leases() -> int:
-        passes.append("keep_leases")  # nothing held: no statement
-        return 0
-
-    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
-                                 lease_s=10.0, monotonic=lambda: now[0])
-    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
-    try:
-        await eventually(lambda: "release_expired" in passes)  # failed: the store is down
-        count = passes.count("keep_leases")
-        await eventually(lambda: passes.count("keep_leases") >= count + 3)  # passes that asked nothing, still down
-        down[0], now[0] = False, 10.1  # back, a lease and more after the failed pass
-        passes.clear()
-        await eventually(lambda: passes.count("keep_leases") >= 3)
-        assert "release_expired" not in passes, "reaped as the store came back"
-        now[0] += 10.0
-        await eventually(lambda: "release_expired" in passes)
-    finally:
-        reaper.cancel()
-        await asyncio.gather(reaper, return_exceptions=True)
+    # Nothing held nor owed: keep_leases and give_back_owed ask the store nothing, and never fail.
+    fakes = ReaperFakes(fails=lambda name, n: name in ("release_expired", "ping") and down[0])
+    async with fakes.reaping():
+        await eventually(lambda: "release_expired" in fakes.passes)  # failed: the store is down
+        count = fakes.passes.count("keep_leases")
+        await eventually(lambda: fakes.passes.count("keep_leases") >= count + 3)  # still down, passes asking nothing
+        down[0], fakes.now = False, 10.1  # back, a lease and more after the failed pass
+        fakes.passes.clear()
+        await eventually(lambda: fakes.passes.count("keep_leases") >= 3)
+        assert "release_expired" not in fakes.passes, "reaped as the store came back"
+        fakes.now += 10.0
+        await eventually(lambda: "release_expired" in fakes.passes)
 
 
 async def test_a_store_that_answers_while_its_commits_are_seen_failing_is_reaped_after_a_lease() -> None:
     """A store that answers while it still says its commits fail (SQLite with its disk nearly full: `check` says
     `failing` until a commit succeeds with room) is asked whether it answers (`Store.ping`), not whether it fails:
     the reaper, holding nothing, reaps a lease after the pass the store failed, not once the disk has room."""
-    now = [0.0]
-    passes: list[str] = []
-
-    class Store:
-        def recovered_at_open(self) -> int:
-            return 0
-
-        async def release_expired(self) -> int:
-            passes.append("release_expired")
-            if passes.count("release_expired") == 1:
-                raise StoreUnavailable("disk I/O error")
-            return 0
-
-        async def check(self) -> StoreProblem | None:
-            return StoreProblem(kind="failing", reason="commits fail: database or disk is full")
-
-        async def ping(self) -> None:
-            return None
-
-    async def take_back() -> int:
-        return 0
-
-    async def give_back_owed() -> int:
-        return 0
-
-    async def keep_leases() -> int:
-        passes.append("keep_leases")
-        return 0
-
-    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
-                                 lease_s=10.0, monotonic=lambda: now[0])
-    reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
-    try:
-        await eventually(lambda: "release_expired" in passes)  # the failed pass
-        count = passes.count("keep_leases")
-        await eventually(lambda: passes.count("keep_leases") >= count + 3)
-        now[0] += 10.0
-        await eventually(lambda: passes.count("release_expired") >= 2)
-    finally:
-        reaper.cancel()
-        await asyncio.gather(reaper, return_exceptions=True)
+    fakes = ReaperFakes(fails=lambda name, n: name == "release_expired" and n == 1, error="disk I/O error",
+                        problem=StoreProblem(kind="failing", reason="commits fail: database or disk is full"))
+    async with fakes.reaping():
+        await eventually(lambda: "release_expired" in fakes.passes)  # the failed pass
+        count = fakes.passes.count("keep_leases")
+        await eventually(lambda: fakes.passes.count("keep_leases") >= count + 3)
+        fakes.now += 10.0
+        await eventually(lambda: fakes.passes.count("release_expired") >= 2)
 
 
 async def test_a_give_back_of_what_is_owed_that_fails_does_not_keep_the_reaper_from_renewing_leases() -> None:
     """The release of what this process owes failing (alone: a lock it waits on past the statement timeout), the
     pass still renews this process's leases, results held in memory among them, and then counts as failed (it does
     not reap). Before, the failure ended the pass before the renewal, for as long as it lasted."""
-    passes: list[str] = []
-
-    class Store:
-        def recovered_at_open(self) -> int:
-            return 0
-
-        async def release_expired(self) -> int:
-            passes.append("release_expired")
-            return 0
-
-        async def ping(self) -> None:
-            return None
-
-    async def take_back() -> int:
-        return 0
-
-    async def give_back_owed() -> int:
-        passes.append("give_back_owed")
-        raise StoreUnavailable("postgresql: canceling statement due to statement timeout")
-
-    async def keep_leases() -> int:
-        passes.append("keep_leases")
-        return 0
-
-    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
-                                 lease_s=10.0, monotonic=lambda: 0.0)
+    fakes = ReaperFakes(fails=lambda name, n: name == "give_back_owed",
+                        error="postgresql: canceling statement due to statement timeout")
     with structlog.testing.capture_logs() as logs:
-        reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
-        try:
-            await eventually(lambda: passes.count("give_back_owed") >= 3)
-        finally:
-            reaper.cancel()
-            await asyncio.gather(reaper, return_exceptions=True)
-    assert passes.count("keep_leases") >= 2, passes
-    assert "release_expired" not in passes
+        async with fakes.reaping():
+            await eventually(lambda: fakes.passes.count("give_back_owed") >= 3)
+    assert fakes.passes.count("keep_leases") >= 2, fakes.passes
+    assert "release_expired" not in fakes.passes
     assert any(e["event"] == "delivery.reap_failed" for e in logs)
 
 
 async def test_a_store_failing_a_pass_now_and_then_defers_reaping_for_three_leases_at_most() -> None:
     """A store failing every other pass of the reaper (each failure would start its wait for a lease again) defers
     reaping for REAP_DEFERRED_LEASES leases at most: a dead process's work is still taken over."""
-    now = [0.0]
-    passes: list[str] = []
-
-    class Store:
-        def recovered_at_open(self) -> int:
-            return 0
-
-        async def release_expired(self) -> int:
-            passes.append("release_expired")
-            return 0
-
-        async def ping(self) -> None:
-            return None
-
-    async def take_back() -> int:
-        return 0
-
-    async def give_back_owed() -> int:
-        return 0
-
-    async def keep_leases() -> int:
-        passes.append("keep_leases")
-        if passes.count("keep_leases") % 2:
-            raise StoreUnavailable("postgresql: connection refused")
-        return 0
-
-    dispatcher = SimpleNamespace(take_back=take_back, give_back_owed=give_back_owed, keep_leases=keep_leases,
-                                 lease_s=10.0, monotonic=lambda: now[0])
+    fakes = ReaperFakes(fails=lambda name, n: name == "keep_leases" and n % 2 == 1)
     with structlog.testing.capture_logs() as logs:
-        reaper = asyncio.create_task(reap_expired_leases(Store(), dispatcher, every_s=0.0))  # type: ignore[arg-type]
-        try:
-            await eventually(lambda: passes.count("keep_leases") >= 6)
-            now[0] += 29.9
-            count = passes.count("keep_leases")
-            await eventually(lambda: passes.count("keep_leases") >= count + 6)
-            assert "release_expired" not in passes
-            now[0] += 0.2
-            await eventually(lambda: "release_expired" in passes)
-        finally:
-            reaper.cancel()
-            await asyncio.gather(reaper, return_exceptions=True)
+        async with fakes.reaping():
+            await eventually(lambda: fakes.passes.count("keep_leases") >= 6)
+            fakes.now += 29.9
+            count = fakes.passes.count("keep_leases")
+            await eventually(lambda: fakes.passes.count("keep_leases") >= count + 6)
+            assert "release_expired" not in fakes.passes
+            fakes.now += 0.2
+            await eventually(lambda: "release_expired" in fakes.passes)
     # The operator is told reaping resumed though the store never answered for a lease: a warning
     resumed = [e for e in logs if e["event"] == "delivery.reap_resumed"]
     assert [(e["capped"], e["log_level"], e["deferred_s"]) for e in resumed] == [(True, "warning", 30.1)]
