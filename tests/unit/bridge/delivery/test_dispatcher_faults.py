@@ -1253,13 +1253,11 @@ class ReleaseDown(FollowUps):
             raise StoreUnavailable("postgresql: connection refused")
         await super().release(delivery_ids, owner=owner, tokens=tokens)
 
-
-async def test_a_delivery_given_back_unsent_while_the_store_is_down_is_not_reaped_in_doubt() -> None:
-    """A follow-up whose event the store cannot read is given back unsent; the store fails that release too. The
-    release is retried while its lease is kept (a reaper pass past the claim's lease does not take it), and once the
-    store answers it is pending, not in doubt, and sent once, not flagged as a possible duplicate."""
-    store = ReleaseDown()
-    [delivery_id] = await store.add()
+@asynccontextmanager
+async def giving_back(store: FollowUps) -> AsyncIterator[tuple[Dispatcher, aioresponses, list[Any]]]:
+    """A dispatcher sending `store`'s follow-up, whose event the store first fails to read (so it is given back
+    unsent), to a vendor that answers at once: the dispatcher, the vendor's mock and the logs captured; stopped at
+    the end unless the test stopped it."""
     store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
     with structlog.testing.capture_logs() as logs, aioresponses() as m:
         m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
@@ -1268,16 +1266,27 @@ async def test_a_delivery_given_back_unsent_while_the_store_is_down_is_not_reape
                            follow_ups=store.render)
             d.start()
             try:
-                await eventually(lambda: store.release_failures >= 3)
-                for _ in range(2):  # the reaper's passes, the claim's own lease long run out
-                    await d.keep_leases()
-                    store.now += 0.9 * d.lease_s
-                    assert await store.release_expired() == 0
-                store.release_down = False
-                await eventually(lambda: bool(store.records))
+                yield d, m, logs
             finally:
-                await d.stop(0.0)
-        assert requests(m) == 1
+                if not d.stopping:
+                    await d.stop(0.0)
+
+
+async def test_a_delivery_given_back_unsent_while_the_store_is_down_is_not_reaped_in_doubt() -> None:
+    """A follow-up whose event the store cannot read is given back unsent; the store fails that release too. The
+    release is retried while its lease is kept (a reaper pass past the claim's lease does not take it), and once the
+    store answers it is pending, not in doubt, and sent once, not flagged as a possible duplicate."""
+    store = ReleaseDown()
+    [delivery_id] = await store.add()
+    async with giving_back(store) as (d, m, logs):
+        await eventually(lambda: store.release_failures >= 3)
+        for _ in range(2):  # the reaper's passes, the claim's own lease long run out
+            await d.keep_leases()
+            store.now += 0.9 * d.lease_s
+            assert await store.release_expired() == 0
+        store.release_down = False
+        await eventually(lambda: bool(store.records))
+    assert requests(m) == 1
     row = store.deliveries[delivery_id].row
     assert (row.status, row.unknowns, row.in_doubt_since_ms, row.duplicates) == ("succeeded", 0, None, 0)
     assert [(r.classification, r.duplicate) for r in store.records] == [("success", False)]
@@ -1317,22 +1326,13 @@ async def test_a_release_that_fails_after_the_reaper_gave_it_back_is_not_said_to
     made it `delivery.release_failed`."""
     store = ReleaseHangs()
     [delivery_id] = await store.add()
-    store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
-    with structlog.testing.capture_logs() as logs, aioresponses() as m:
-        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
-        async with aiohttp.ClientSession() as session:
-            d = Dispatcher(store, session, {"kapture": last_try()}, timings=FAST, clock=lambda: store.now,
-                           follow_ups=store.render)
-            d.start()
-            try:
-                await eventually(store.hanging.is_set)
-                assert await d.give_back_owed() == 1  # the reaper's pass, on a connection of its own
-                await d.keep_leases()
-                store.let_go.set()
-                await eventually(lambda: bool(store.records))
-            finally:
-                await d.stop(0.0)
-        assert requests(m) == 1
+    async with giving_back(store) as (d, m, logs):
+        await eventually(store.hanging.is_set)
+        assert await d.give_back_owed() == 1  # the reaper's pass, on a connection of its own
+        await d.keep_leases()
+        store.let_go.set()
+        await eventually(lambda: bool(store.records))
+    assert requests(m) == 1
     row = store.deliveries[delivery_id].row
     assert (row.status, row.unknowns, row.in_doubt_since_ms) == ("succeeded", 0, None)
     late = [e for e in logs if e["event"] == "delivery.released_late"]
@@ -1577,17 +1577,11 @@ async def test_a_stop_while_a_release_keeps_failing_tries_once_more_and_does_not
     wait for the store (whatever its grace), and says the delivery is left to its lease."""
     store = ReleaseDown()
     [delivery_id] = await store.add()
-    store.event_raises.append(StoreUnavailable("postgresql: connection refused"))
-    with structlog.testing.capture_logs() as logs, aioresponses() as m:
-        m.post(str(URL_CREATE), callback=answers(), repeat=True, response_class=MockResponse)
-        async with aiohttp.ClientSession() as session:
-            d = Dispatcher(store, session, {"kapture": last_try()}, timings=FAST, clock=lambda: store.now,
-                           follow_ups=store.render)
-            d.start()
-            await eventually(lambda: store.release_failures >= 2)
-            before = store.release_failures
-            await asyncio.wait_for(d.stop(grace_s), 5.0)
-        assert requests(m) == 0
+    async with giving_back(store) as (d, m, logs):
+        await eventually(lambda: store.release_failures >= 2)
+        before = store.release_failures
+        await asyncio.wait_for(d.stop(grace_s), 5.0)
+    assert requests(m) == 0
     assert store.release_failures > before, "not asked once more at the stop"
     assert store.status(delivery_id) == "in_flight" and d.in_flight() == 0
     failed = [e for e in logs if e["event"] == "delivery.release_failed"]
