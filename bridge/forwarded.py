@@ -28,6 +28,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from bridge.addresses import Address, ip_of
 from bridge.errors import VALUE, ValueProblem
 
 if TYPE_CHECKING:  # bridge.config reads `network_problem`: it loads without aiohttp (and the email package)
@@ -43,7 +44,6 @@ HEADER = "X-Forwarded-For"
 ENTRIES_KEPT = 4096
 """Addresses whose reading is kept (a few hundred bytes each), the least recently seen forgotten first."""
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -65,8 +65,8 @@ def network_problem(text: str) -> ValueProblem | None:
 
 def parse_entry(text: str) -> Address | None:
     """One X-Forwarded-For entry as proxies write it: `192.0.2.7`, `2001:db8::7`, `[2001:db8::7]`, or with a port
-    (`192.0.2.7:4711`, `[2001:db8::7]:4711`); None for anything else. An IPv4-mapped IPv6 address is its IPv4
-    address."""
+    (`192.0.2.7:4711`, `[2001:db8::7]:4711`); None for anything else. Read as `addresses.ip_of` reads it: a zone
+    left out, an IPv4-mapped IPv6 address as its IPv4 address."""
     text = text.strip(" \t")
     if len(text) > LONGEST_ENTRY:
         return None
@@ -82,13 +82,7 @@ def parse_entry(text: str) -> Address | None:
             return None
     else:
         host = text
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    return ip_of(host)
 
 
 def _unmapped(network: Network) -> Network:

@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from bridge.addresses import ip_of
 from bridge.admin import refuse
 
 log = structlog.get_logger("ticketbridge.sandbox")
@@ -31,15 +32,8 @@ Access = Literal["local", "token", "refused"]
 def is_loopback(peer: str | None) -> bool:
     """Whether a transport peer address is loopback (127.0.0.0/8, ::1, or ::ffff:127.x); False for anything
     else, including no address or one that does not parse."""
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = ip_of(peer) if peer else None
+    return address is not None and address.is_loopback
 
 
 def decide(peer: str | None, proxied: bool, token: str) -> Access:

@@ -43,6 +43,7 @@ from typing import Literal, NoReturn, TypeVar
 import structlog
 from cryptography import x509
 
+from bridge.addresses import ip_of
 from bridge.errors import Rejected
 from handlers.base import Count, not_counted
 from handlers.sns import FETCH_TIMEOUT_S, Fetcher, FetchError
@@ -305,14 +306,9 @@ def client_address(remote: str | None) -> str | None:
     unspecified, shared (SHARED) or site-local (SITE_LOCAL), as `ipaddress` tells them (a proxy's, a load
     balancer's, a sidecar's, a carrier's NAT), and what is no IP address (empty for a Unix socket's peer, or not
     known)."""
-    if not remote:
+    address = ip_of(remote) if remote else None
+    if address is None:
         return None
-    try:
-        address = ipaddress.ip_address(remote.split("%", 1)[0])  # a zone (`fe80::1%eth0`) is only link-local's
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if (address.is_private or address.is_loopback or address.is_link_local or address.is_reserved
             or address.is_unspecified or address in SHARED or address in SITE_LOCAL):
         return None
