@@ -380,17 +380,46 @@ def attempt_observer(rt: Runtime) -> Callable[[Attempted], None]:
     return observe
 
 
-def reap_resumed(deferred_s: float, *, capped: bool) -> None:
-    """Say that a reaper reaps again after deferring it for `deferred_s` (`reap_expired_leases`): the store has
-    answered for a lease, or (`capped`, a warning) it kept failing now and then for REAP_DEFERRED_LEASES leases."""
-    if capped:
-        log.warning("delivery.reap_resumed", deferred_s=round(deferred_s, 1), capped=True,
-                    note=f"the store kept failing now and then: after {REAP_DEFERRED_LEASES} leases, leases that ran "
-                         "out are reaped though it has not answered for a lease since (a live process that could not "
-                         "renew its leases meanwhile may lose them)")
-    else:
-        log.info("delivery.reap_resumed", deferred_s=round(deferred_s, 1), capped=False,
-                 note="the store has answered for a lease: leases that ran out are reaped again")
+class ReapDeferral:
+    """Whether a reaper may reap (`reap_expired_leases`): at once, unless a pass failed; then once the store has
+    answered for a lease since (`lease_s`), or after REAP_DEFERRED_LEASES leases from the first pass it answered when
+    it keeps failing now and then."""
+
+    def __init__(self, lease_s: float) -> None:
+        self.lease_s = lease_s
+        self.deferring = False
+        """A pass failed, and reaping has not resumed since."""
+        self._back_since: float | None = None  # when the store answered again, since its last failure
+        self._deferred_since: float | None = None  # the first pass it answered, failures meanwhile or not
+
+    def failed(self) -> None:
+        """A pass failed: reaping waits for the store to answer for a lease from its next answer."""
+        self.deferring, self._back_since = True, None
+
+    def may_reap(self, now: float) -> bool:
+        """Whether the pass the store answered at `now` may reap; saying so when a deferral begins and ends."""
+        if not self.deferring:
+            return True
+        if self._back_since is None:
+            self._back_since = now
+        if self._deferred_since is None:
+            self._deferred_since = now
+            log.info("delivery.reap_deferred", wait_s=self.lease_s,
+                     note="the store answers again after failing: leases that ran out meanwhile are reaped once it "
+                          "has answered for a lease, so that live senders renew theirs first")
+        back_s, deferred_s = now - self._back_since, now - self._deferred_since
+        if back_s < self.lease_s and deferred_s < REAP_DEFERRED_LEASES * self.lease_s:
+            return False
+        if back_s < self.lease_s:
+            log.warning("delivery.reap_resumed", deferred_s=round(deferred_s, 1), capped=True,
+                        note=f"the store kept failing now and then: after {REAP_DEFERRED_LEASES} leases, leases that "
+                             "ran out are reaped though it has not answered for a lease since (a live process that "
+                             "could not renew its leases meanwhile may lose them)")
+        else:
+            log.info("delivery.reap_resumed", deferred_s=round(deferred_s, 1), capped=False,
+                     note="the store has answered for a lease: leases that ran out are reaped again")
+        self.deferring, self._back_since, self._deferred_since = False, None, None
+        return True
 
 
 async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: float = REAP_SECONDS,
@@ -413,9 +442,7 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
     flight, which the store gave back when it opened (SQLite, `Store.recovered_at_open`) or `take_back` gives back
     (PostgreSQL, this host:port's earlier process); every pass those whose lease ran out."""
     first, taken_back = True, False
-    failed = False  # a pass failed, and the store has not answered for a lease since
-    back_since: float | None = None  # when it answered again (`Dispatcher.monotonic`)
-    deferred_since: float | None = None  # when reaping was first deferred, a store failing again meanwhile
+    deferral = ReapDeferral(dispatcher.lease_s)
     while True:
         if not first:
             await asyncio.sleep(every_s)
@@ -431,38 +458,24 @@ async def reap_expired_leases(store: Store, dispatcher: Dispatcher, every_s: flo
                     on_released(recovered)
             try:
                 await dispatcher.give_back_owed()
-            except StoreUnavailable as exc:
+            except StoreUnavailable:
                 # Its leases renewed all the same (results held in memory among them), then the pass fails: a
                 # release that alone fails (a row's lock it waits on past the statement timeout) must not let
                 # every lease of this process run out.
-                owing: StoreUnavailable | None = exc
-            else:
-                owing = None
+                await dispatcher.keep_leases()
+                raise
             await dispatcher.keep_leases()
-            if owing is not None:
-                raise owing
-            if failed:
+            if deferral.deferring:
                 # Neither asks the store anything when nothing is held or owed here: the store is asked now, so
                 # that the wait for a lease runs from when it answers, not from a pass that asked it nothing
                 # while it was still down (it would then reap at once as it comes back, before the live
                 # processes renew their leases).
                 await store.ping()
-                now = dispatcher.monotonic()
-                if back_since is None:
-                    back_since = now
-                if deferred_since is None:
-                    deferred_since = now
-                    log.info("delivery.reap_deferred", wait_s=dispatcher.lease_s,
-                             note="the store answers again after failing: leases that ran out meanwhile are reaped "
-                                  "once it has answered for a lease, so that live senders renew theirs first")
-                if now - back_since < dispatcher.lease_s \
-                        and now - deferred_since < REAP_DEFERRED_LEASES * dispatcher.lease_s:
-                    continue
-                reap_resumed(now - deferred_since, capped=now - back_since < dispatcher.lease_s)
-                failed, back_since, deferred_since = False, None, None
+            if not deferral.may_reap(dispatcher.monotonic()):
+                continue
             released = await store.release_expired()
         except StoreUnavailable as exc:
-            failed, back_since = True, None
+            deferral.failed()
             log.warning("delivery.reap_failed", error=str(exc))
             continue
         if released:
