@@ -22,6 +22,7 @@ from yarl import URL
 
 from bridge.bodies import UndecodableBody, read_decoding
 from bridge.delivery.exchange import clip, exchange
+from bridge.delivery.ratelimit import request_written
 from bridge.errors import BridgeError, MappingError, StoreUnavailable
 from bridge.escaping import NUL, header_problem
 from bridge.offload import INFLATING, LOOP_ANSWER_BYTES, in_parser
@@ -140,7 +141,8 @@ asked for it."""
 class WrittenRequest(aiohttp.ClientRequest):
     """The delivery session's request class (`delivery_session`): made before its connection is looked for, it marks
     its send's `Written` not sent; sent once the connection is made (`send` buffers the head, then writes it), it
-    marks it maybe sent, before any byte of it can reach the vendor. (aiohttp's own tracing, a TraceConfig on the
+    marks it maybe sent, before any byte of it can reach the vendor, and moves the rate limit's slot the request took
+    to that time (`ratelimit.request_written`). (aiohttp's own tracing, a TraceConfig on the
     session, told the same through `on_request_headers_sent` at about 75k instructions a delivered event: a session
     with a trace config traces every step of every request.)"""
 
@@ -152,6 +154,7 @@ class WrittenRequest(aiohttp.ClientRequest):
     async def send(self, conn: Any) -> aiohttp.ClientResponse:
         if (written := _WRITING.get()) is not None:
             written.maybe_sent = True
+        request_written()  # the rate limit counts this request from now, not from its slot
         return await super().send(conn)
 
 
