@@ -7,7 +7,7 @@ every window of `per_seconds`, which is how vendors count ("25 in 5 seconds").
 The log holds when sends really started, not when they were planned: a send that starts late (a busy
 event loop, or the 25th of a burst of 25 leaving after the other 24) would otherwise let the next
 window's sends reach the vendor less than a window after it. A send's time moves once more when its request
-is written (`request_written`, from the delivery session's request class): between the slot and the write lie
+is written (`slot_of_request`, from the delivery session's request class): between the slot and the write lie
 the wait for a connection, a connect, and whatever else holds the loop (a collection of a large heap took
 170 ms on a loaded machine), all of which the vendor never sees.
 """
@@ -15,6 +15,7 @@ the wait for a connection, a connect, and whatever else holds the loop (a collec
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -240,7 +241,7 @@ async def use_slot(limiter: Limiter) -> int | None:
     """Mark the oldest reserved slot used (`sent`, whose handle it returns) once the window has room for it
     (`start_delay`): at once for a request that starts on time, later for one that requests reserved after it
     passed. Cancelled while it waits, it gives a reservation back (as `acquire`). The slot is this task's to be
-    moved to when its request is written (`request_written`)."""
+    moved to when its request is written (`slot_of_request`)."""
     try:
         while True:  # a timed wait: the window frees up by the clock, not on an event
             delay = limiter.start_delay()
@@ -254,11 +255,12 @@ async def use_slot(limiter: Limiter) -> int | None:
         raise
 
 
-def request_written() -> None:
-    """The request this task took its last slot for is written now (its head handed to the connection): the slot
-    counts from now (`Limiter.written`), once. A request that took no slot (the slot's request already written, or
-    none taken in this task) moves nothing."""
+def slot_of_request() -> Callable[[], None] | None:
+    """The slot this task last took, for the request about to be written (once): a function that counts the slot
+    from when it is called (`Limiter.written`), to be called once the request is written. None when this task took
+    no slot since its last request (a request that takes none, a slot taken in another task)."""
     taken = _TAKEN.get()
-    if taken is not None and taken[0] is asyncio.current_task():
-        _TAKEN.set(None)
-        taken[1].written(taken[2])
+    if taken is None or taken[0] is not asyncio.current_task():
+        return None
+    _TAKEN.set(None)
+    return functools.partial(taken[1].written, taken[2])

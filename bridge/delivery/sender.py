@@ -22,7 +22,7 @@ from yarl import URL
 
 from bridge.bodies import UndecodableBody, read_decoding
 from bridge.delivery.exchange import clip, exchange
-from bridge.delivery.ratelimit import request_written
+from bridge.delivery.ratelimit import slot_of_request
 from bridge.errors import BridgeError, MappingError, StoreUnavailable
 from bridge.escaping import NUL, header_problem
 from bridge.offload import INFLATING, LOOP_ANSWER_BYTES, in_parser
@@ -103,6 +103,10 @@ class VendorResponse(aiohttp.ClientResponse):
     to the pool at once, though what follows on it (a body the 101 announced, the other protocol's bytes) is no
     answer to the next request sent there."""
 
+    def __init__(self, method: str, url: URL, *, writer: asyncio.Task[None] | None, **kwargs: Any) -> None:
+        super().__init__(method, url, writer=writer, **kwargs)
+        self.writing = writer  # aiohttp's task writing the request (its head with the body); None: written at once
+
     async def start(self, connection: Connection) -> aiohttp.ClientResponse:
         protocol = connection.protocol
         started = await super().start(connection)
@@ -141,8 +145,8 @@ asked for it."""
 class WrittenRequest(aiohttp.ClientRequest):
     """The delivery session's request class (`delivery_session`): made before its connection is looked for, it marks
     its send's `Written` not sent; sent once the connection is made (`send` buffers the head, then writes it), it
-    marks it maybe sent, before any byte of it can reach the vendor, and moves the rate limit's slot the request took
-    to that time (`ratelimit.request_written`). (aiohttp's own tracing, a TraceConfig on the
+    marks it maybe sent, before any byte of it can reach the vendor; once it is written, the rate limit counts the slot
+    its task took for it from then (`ratelimit.slot_of_request`). (aiohttp's own tracing, a TraceConfig on the
     session, told the same through `on_request_headers_sent` at about 75k instructions a delivered event: a session
     with a trace config traces every step of every request.)"""
 
@@ -154,8 +158,18 @@ class WrittenRequest(aiohttp.ClientRequest):
     async def send(self, conn: Any) -> aiohttp.ClientResponse:
         if (written := _WRITING.get()) is not None:
             written.maybe_sent = True
-        request_written()  # the rate limit counts this request from now, not from its slot
-        return await super().send(conn)
+        slot = slot_of_request()
+        response = await super().send(conn)
+        if slot is not None:
+            # The rate limit counts the request from when it was written, not from its slot: aiohttp buffers the
+            # head and writes it with the body in a task of its own (`VendorResponse.writing`), which may run a
+            # collection or other work later. Counted when that task has ended, after the write (None: written).
+            writing = getattr(response, "writing", None)
+            if isinstance(writing, asyncio.Task) and not writing.done():
+                writing.add_done_callback(lambda _task: slot())
+            else:
+                slot()
+        return response
 
 
 def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:

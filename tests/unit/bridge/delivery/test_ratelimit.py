@@ -18,7 +18,7 @@ from bridge.delivery.ratelimit import (
     Unlimited,
     acquire,
     make_limiter,
-    request_written,
+    slot_of_request,
 )
 
 EPS = 1e-9
@@ -527,21 +527,22 @@ async def test_an_acquire_cancelled_while_it_waits_gives_its_slot_back() -> None
     assert (limiter._pending, len(limiter._sends)) == (0, 3)
 
 
-async def test_a_request_written_moves_the_slot_its_own_task_took_once() -> None:
-    """`request_written` moves the slot the task last took (`acquire`) to now, once; another task's write, or a
-    second write in the same task (a request that took no slot of its own), moves nothing."""
+async def test_the_slot_of_a_request_is_its_own_tasks_last_once() -> None:
+    """`slot_of_request` hands over the slot the task last took (`acquire`), once, to be counted from when it is
+    called; another task (one started from it too) gets none, nor does a second request of the same task."""
     clock = FakeClock()
     limiter = SlidingWindowLimiter(1, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
     await acquire(limiter)
+    assert await asyncio.create_task(_slot_elsewhere()) is None
     clock.advance(0.25)
-    await asyncio.create_task(_written_elsewhere())
     assert limiter.next_delay() == pytest.approx(0.75)
-    request_written()
+    slot = slot_of_request()
+    assert slot is not None and slot_of_request() is None
+    assert limiter.next_delay() == pytest.approx(0.75)  # counted from the call, not the hand-over
+    clock.advance(0.25)
+    slot()
     assert limiter.next_delay() == pytest.approx(1.0)
-    clock.advance(0.25)
-    request_written()
-    assert limiter.next_delay() == pytest.approx(0.75)
 
 
-async def _written_elsewhere() -> None:
-    request_written()
+async def _slot_elsewhere() -> object:
+    return slot_of_request()
