@@ -247,7 +247,8 @@ async def use_slot(limiter: Limiter) -> int | None:
             delay = limiter.start_delay()
             if delay <= 0:
                 handle = limiter.sent()
-                _TAKEN.set(None if handle is None else (asyncio.current_task(), limiter, handle))
+                if handle is not None:  # None: nothing to count (unlimited), and nothing set on the way
+                    _TAKEN.set((asyncio.current_task(), limiter, handle))
                 return handle
             await asyncio.sleep(delay)
     except BaseException:
