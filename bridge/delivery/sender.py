@@ -156,7 +156,11 @@ class WrittenRequest(aiohttp.ClientRequest):
             written.maybe_sent = True
         if (slot := slot_of_request()) is None:
             return await super().send(conn)
-        response = await super().send(conn)
+        try:
+            response = await super().send(conn)
+        except BaseException:
+            slot()  # whatever of it went out went by now
+            raise
         # The rate limit counts the request from when it was written, not from its slot: aiohttp buffers the head
         # and writes it with the body in a task of its own (the response's `_writer`, None once written), which may
         # run after a collection or other work. Counted when that task has ended, after the write; at once if aiohttp
