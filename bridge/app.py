@@ -538,6 +538,11 @@ def build_app(config: Config, *, store: Store | None = None, workers: bool = Tru
     post: Handler = hook_post
     get: Handler = hook_get
     proxies = TrustedProxies(config.server.trusted_proxies)
+    if everyone := proxies.everyone():
+        log.warning("server.trusted_proxies_everyone", networks=everyone,
+                    note="every client is trusted as a proxy: any sender can set the address intake logs, stores and "
+                         "budgets SES certificate fetches by (X-Forwarded-For); list the reverse proxies' own "
+                         "addresses or networks instead")
     if proxies:  # else mounted bare: not one test more on intake's path
         post, get = behind_proxies(post, proxies), behind_proxies(get, proxies)
     app.router.add_post("/hooks/{source}", post)

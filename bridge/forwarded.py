@@ -114,6 +114,11 @@ class TrustedProxies:
     def __bool__(self) -> bool:
         return bool(self.networks)
 
+    def everyone(self) -> list[str]:
+        """The networks that hold every address of their family (`0.0.0.0/0`, `::/0`): behind them any client may
+        name itself, in X-Forwarded-For, as any address it likes."""
+        return [str(n) for n in self.networks if n.prefixlen == 0]
+
     def trusts(self, address: Address) -> bool:
         """Whether `address` (IPv4-mapped IPv6 read as IPv4) is in one of the networks."""
         return any(address in network for network in self.networks)

@@ -6,15 +6,20 @@ every window of `per_seconds`, which is how vendors count ("25 in 5 seconds").
 
 The log holds when sends really started, not when they were planned: a send that starts late (a busy
 event loop, or the 25th of a burst of 25 leaving after the other 24) would otherwise let the next
-window's sends reach the vendor less than a window after it.
+window's sends reach the vendor less than a window after it. A send's time moves once more when its request
+is written (`slot_of_request`, from the delivery session's request class): between the slot and the write lie
+the wait for a connection, a connect, and whatever else holds the loop (a collection of a large heap took
+170 ms on a loaded machine), all of which the vendor never sees.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Protocol
 
 from bridge.config import RateLimit
@@ -48,6 +53,9 @@ class Limiter(Protocol):
         """Give back the slot `sent` returned `handle` for, whose request did not go out after all (a breaker's probe
         given up for its lease): that slot, not another request's reservation."""
 
+    def written(self, handle: int) -> None:
+        """The request of the slot `sent` returned `handle` for is written now: the slot counts from now, if later."""
+
     @property
     def window(self) -> float: ...
 
@@ -73,6 +81,9 @@ class Unlimited:
         pass
 
     def unsend(self, handle: int) -> None:
+        pass
+
+    def written(self, handle: int) -> None:
         pass
 
     def pause(self, seconds: float) -> None:
@@ -169,6 +180,26 @@ class SlidingWindowLimiter:
                 del self._ids[i]
                 return
 
+    def written(self, handle: int) -> None:
+        # Among the sends, as `unsend`; moved to its place in time order (the newest send, unless one was marked
+        # before its planned slot), and the reservations after the sends no earlier, as `sent` keeps them.
+        first = len(self._sends) - self._pending
+        for i in range(first - 1, -1, -1):
+            if self._ids[i] == handle:
+                now = self._clock()
+                if self._sends[i] >= now:
+                    return
+                del self._sends[i]
+                del self._ids[i]
+                at = first - 1
+                while at > 0 and self._sends[at - 1] > now:
+                    at -= 1
+                self._sends.insert(at, now)
+                self._ids.insert(at, handle)
+                for j in range(first, len(self._sends)):
+                    self._sends[j] = max(self._sends[j], now)
+                return
+
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
@@ -199,16 +230,38 @@ async def acquire(limiter: Limiter) -> None:
     await use_slot(limiter)
 
 
+_TAKEN: ContextVar[tuple[asyncio.Task[object] | None, Limiter, int] | None] = ContextVar("ticketbridge_slot_taken",
+                                                                                       default=None)
+"""The slot this task last took (`use_slot`) whose request is not yet written: the task, the limiter and its handle.
+A request is made and written in the task that took its slot (aiohttp writes a request's head in the task that asked
+for it); a task started from it inherits the variable, not the slot."""
+
+
 async def use_slot(limiter: Limiter) -> int | None:
     """Mark the oldest reserved slot used (`sent`, whose handle it returns) once the window has room for it
     (`start_delay`): at once for a request that starts on time, later for one that requests reserved after it
-    passed. Cancelled while it waits, it gives a reservation back (as `acquire`)."""
+    passed. Cancelled while it waits, it gives a reservation back (as `acquire`). The slot is this task's to be
+    moved to when its request is written (`slot_of_request`)."""
     try:
         while True:  # a timed wait: the window frees up by the clock, not on an event
             delay = limiter.start_delay()
             if delay <= 0:
-                return limiter.sent()
+                handle = limiter.sent()
+                if handle is not None:  # None: nothing to count (unlimited), and nothing set on the way
+                    _TAKEN.set((asyncio.current_task(), limiter, handle))
+                return handle
             await asyncio.sleep(delay)
     except BaseException:
         limiter.unreserve()
         raise
+
+
+def slot_of_request() -> Callable[[], None] | None:
+    """The slot this task last took, for the request about to be written (once): a function that counts the slot
+    from when it is called (`Limiter.written`), to be called once the request is written. None when this task took
+    no slot since its last request (a request that takes none, a slot taken in another task)."""
+    taken = _TAKEN.get()
+    if taken is None or taken[0] is not asyncio.current_task():
+        return None
+    _TAKEN.set(None)
+    return functools.partial(taken[1].written, taken[2])

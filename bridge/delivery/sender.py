@@ -22,6 +22,7 @@ from yarl import URL
 
 from bridge.bodies import UndecodableBody, read_decoding
 from bridge.delivery.exchange import clip, exchange
+from bridge.delivery.ratelimit import slot_of_request
 from bridge.errors import BridgeError, MappingError, StoreUnavailable
 from bridge.escaping import NUL, header_problem
 from bridge.offload import INFLATING, LOOP_ANSWER_BYTES, in_parser
@@ -140,7 +141,8 @@ asked for it."""
 class WrittenRequest(aiohttp.ClientRequest):
     """The delivery session's request class (`delivery_session`): made before its connection is looked for, it marks
     its send's `Written` not sent; sent once the connection is made (`send` buffers the head, then writes it), it
-    marks it maybe sent, before any byte of it can reach the vendor. (aiohttp's own tracing, a TraceConfig on the
+    marks it maybe sent, before any byte of it can reach the vendor; once it is written, the rate limit counts the slot
+    its task took for it from then (`ratelimit.slot_of_request`). (aiohttp's own tracing, a TraceConfig on the
     session, told the same through `on_request_headers_sent` at about 75k instructions a delivered event: a session
     with a trace config traces every step of every request.)"""
 
@@ -152,7 +154,23 @@ class WrittenRequest(aiohttp.ClientRequest):
     async def send(self, conn: Any) -> aiohttp.ClientResponse:
         if (written := _WRITING.get()) is not None:
             written.maybe_sent = True
-        return await super().send(conn)
+        if (slot := slot_of_request()) is None:
+            return await super().send(conn)
+        try:
+            response = await super().send(conn)
+        except BaseException:
+            slot()  # whatever of it went out went by now
+            raise
+        # The rate limit counts the request from when it was written, not from its slot: aiohttp buffers the head
+        # and writes it with the body in a task of its own (the response's `_writer`, None once written), which may
+        # run after a collection or other work. Counted when that task has ended, after the write; at once if aiohttp
+        # keeps that task elsewhere (a test pins where it is).
+        writing = getattr(response, "_writer", None)
+        if isinstance(writing, asyncio.Task) and not writing.done():
+            writing.add_done_callback(lambda _task: slot())
+        else:
+            slot()
+        return response
 
 
 def transport_failure(exc: BaseException, timeout_s: float) -> Outcome:

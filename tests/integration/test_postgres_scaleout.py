@@ -24,6 +24,7 @@ import pytest
 
 from bridge.delivery.dispatcher import LEASE_SECONDS
 from bridge.vendors.kapture import CREATE_PATH
+from tests.conftest import eventually
 from tests.integration.processes import DSN, free_port, spawn, stop, wait_http, write_partner_config
 from tests.integration.test_postgres_outage import KILL, local_ports
 
@@ -57,6 +58,9 @@ class Cluster:
         async with self.session.get(f"{self.sandbox}/_received") as r:
             entries: list[dict[str, Any]] = (await r.json())["received"]
         return [e for e in entries if e["method"] == "POST" and e["path"].endswith(CREATE_PATH)]
+
+    async def any_received(self) -> bool:
+        return bool(await self.received())
 
     async def refs(self) -> Counter[str]:
         """How many tickets the vendor created for each event id."""
@@ -180,8 +184,7 @@ async def test_a_429_to_one_process_holds_back_all_three(tmp_path: Path, pg_sche
                             json={"fail_count": 1, "fail_status": 429, "retry_after": f"{pause_s:g}"})
         # One event first, so that exactly one request (from one process) meets the 429; then work for all.
         assert await c.post(0, to=1) == 202
-        while not await c.received():
-            await asyncio.sleep(0.02)
+        await eventually(c.any_received, timeout=60)  # the one request that meets the 429
         assert set(await asyncio.gather(*(c.post(i) for i in range(1, 61)))) == {202}
         refs = await c.delivered(within=60)
         received = await c.received()
@@ -310,8 +313,7 @@ async def test_a_429_with_retry_after_150_to_one_process_holds_back_all_three(tm
         await c.session.put(f"{c.sandbox}/_faults",
                             json={"fail_count": 1, "fail_status": 429, "retry_after": f"{pause_s:g}"})
         assert await c.post(0, to=1) == 202
-        while not await c.received():
-            await asyncio.sleep(0.02)
+        await eventually(c.any_received, timeout=60)  # the one request that meets the 429
         [[paused_for_ms]] = await c.sql("SELECT paused_until - (extract(epoch from clock_timestamp()) * 1000)::bigint "
                                         "FROM destination_gates WHERE destination = 'kapture'")
         assert pause_s - 5 < paused_for_ms / 1000 <= pause_s, paused_for_ms

@@ -201,7 +201,9 @@ async def test_past_max_connections_new_ones_get_503_until_others_close(tmp_path
                 assert b"Retry-After: 5\r\n" in refusal and b"Connection: close\r\n" in refusal
                 for _, w in held[:10]:
                     w.close()
+                deadline = time.monotonic() + 30
                 while True:
+                    assert time.monotonic() < deadline, "no request was taken within 30 s of the clients closing"
                     with contextlib.suppress(aiohttp.ClientError):
                         async with session.post(f"{base}/hooks/partner", json={"id": "after"}) as resp:
                             if resp.status == 202:

@@ -7,6 +7,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
@@ -173,3 +174,22 @@ def test_an_ipv4_mapped_network_trusts_the_ipv4_addresses_it_names(network: str,
     assert proxies.client(peer, ["8.8.4.4"]) == "8.8.4.4"
     assert proxies.client(peer, ["8.8.4.4, ::ffff:10.0.0.2"]) == "8.8.4.4"
     assert proxies.client("192.0.2.9", ["8.8.4.4"]) == ("8.8.4.4" if network == "::ffff:0:0/96" else "192.0.2.9")
+
+
+@pytest.mark.parametrize(("networks", "everyone"), [
+    ("[0.0.0.0/0]", ["0.0.0.0/0"]), ("['::/0', 10.0.0.0/8]", ["::/0"]), ("['::ffff:0:0/96']", ["0.0.0.0/0"]),
+    ("[10.0.0.0/8, '0.0.0.0/1']", None),
+])
+def test_trusting_every_address_is_warned_of_at_start(write_config: ConfigFactory, networks: str,
+                                                      everyone: list[str] | None) -> None:
+    """A trusted network that holds every address of its family lets any sender name itself: the start's log says
+    which, and what to write instead; a network short of that is no such warning."""
+    with structlog.testing.capture_logs() as logs:
+        build_app(write_config(f"server: {{trusted_proxies: {networks}}}\nstore: {{url: 'sqlite:///var/bridge.db'}}\n"),
+                  workers=False)
+    warned = [e for e in logs if e["event"] == "server.trusted_proxies_everyone"]
+    if everyone is None:
+        assert warned == []
+    else:
+        assert [w["networks"] for w in warned] == [everyone]
+        assert "list the reverse proxies' own addresses" in warned[0]["note"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from itertools import pairwise
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -18,6 +20,8 @@ import aiohttp
 import msgspec
 import pytest
 import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
@@ -26,7 +30,7 @@ from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Admission, Gate
 from bridge.delivery.dispatcher import LEASE_SECONDS, PROCESS_TOKEN, Destination, Dispatcher, Timings, _call
 from bridge.delivery.ratelimit import Limiter, SlidingWindowLimiter, Unlimited
-from bridge.delivery.sender import lookup_failure
+from bridge.delivery.sender import WrittenRequest, lookup_failure
 from bridge.errors import StoreUnavailable
 from bridge.events import Event
 from bridge.offload import LOOP_ANSWER_BYTES
@@ -224,10 +228,11 @@ async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
 
 @asynccontextmanager
 async def running(store: RecordingStore, *dests: Destination, grace: float = 0.0, poll_s: float = 3600.0,
-                  clock: FixedClock | None = None) -> AsyncIterator[Dispatcher]:
-    """A started dispatcher over a real ClientSession, stopped and closed on the way out. Its poll is an
-    hour unless said otherwise, so that a test sees only what notify and due times wake."""
-    async with aiohttp.ClientSession() as session:
+                  clock: FixedClock | None = None,
+                  session: aiohttp.ClientSession | None = None) -> AsyncIterator[Dispatcher]:
+    """A started dispatcher over a real ClientSession (`session`, else a plain one), stopped and closed on the way
+    out. Its poll is an hour unless said otherwise, so that a test sees only what notify and due times wake."""
+    async with session if session is not None else aiohttp.ClientSession() as session:
         d = Dispatcher(store, session, {dest.name: dest for dest in dests},
                        timings=Timings(store_retry_s=0.01, record_retry_max_s=0.04, poll_s=poll_s),
                        clock=clock.seconds if clock else time.time)
@@ -594,6 +599,56 @@ async def test_rate_limit_spaces_sends() -> None:
     sent_at = limiter.sent_at
     assert len(sent_at) == 5
     assert all(later - earlier >= 0.3 - CLOCK_SLACK for earlier, later in zip(sent_at, sent_at[2:], strict=False))
+
+
+class SlowFirstResolver(AbstractResolver):
+    """Every host name is 127.0.0.1; the first look-up takes `first_s` (a slow name server, as a connect or a busy
+    event loop may hold a request between its slot and its write)."""
+
+    def __init__(self, first_s: float) -> None:
+        self.first_s = first_s
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET,
+                      ) -> list[ResolveResult]:
+        if self.first_s:
+            delay, self.first_s = self.first_s, 0.0
+            await asyncio.sleep(delay)
+        return [ResolveResult(hostname=host, host="127.0.0.1", port=port, family=socket.AF_INET, proto=0,
+                              flags=socket.AI_NUMERICHOST)]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_send_counts_against_the_rate_limit_from_when_its_request_is_written(aiohttp_server: Any) -> None:
+    """A request written late for its slot counts from its write: the next window's request is written a full window
+    after it. Counted from the slot, the first (0.4 s late: its host name is slow to resolve) and the second (on
+    time for its own slot) would reach the vendor 0.15 s apart under a limit of one per 0.5 s."""
+    written_at: list[float] = []
+
+    class Stamped(WrittenRequest):
+        async def send(self, conn: Any) -> aiohttp.ClientResponse:
+            written_at.append(time.monotonic())
+            return await super().send(conn)
+
+    async def create(request: web.Request) -> web.Response:
+        return web.json_response(OK_BODY)
+
+    app = web.Application()
+    app.router.add_post(CREATE_PATH, create)
+    server = await aiohttp_server(app)
+    store = RecordingStore()
+    for _ in range(3):
+        await store.add("kapture")
+    limiter = SlidingWindowLimiter(1, 0.5)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=SlowFirstResolver(0.4)),
+                                    request_class=Stamped)
+    dest = destination(base_url=f"http://vendor.test:{server.port}", limiter=limiter)
+    async with running(store, dest, session=session):
+        await eventually(lambda: len(store.records) == 3)
+    assert [r.next_status for r in store.records] == ["succeeded"] * 3
+    assert len(written_at) == 3
+    assert all(later - earlier >= limiter.window for earlier, later in pairwise(written_at))
 
 
 async def test_stop_lets_in_flight_sends_finish_within_the_grace() -> None:

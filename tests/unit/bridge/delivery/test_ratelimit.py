@@ -12,7 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import RateLimit
-from bridge.delivery.ratelimit import MARGIN_SHARE, SlidingWindowLimiter, Unlimited, acquire, make_limiter
+from bridge.delivery.ratelimit import (
+    MARGIN_SHARE,
+    SlidingWindowLimiter,
+    Unlimited,
+    acquire,
+    make_limiter,
+    slot_of_request,
+)
 
 EPS = 1e-9
 
@@ -281,6 +288,113 @@ def test_actual_send_times_keep_the_guarantee_whatever_the_lateness(
     assert max_in_any_window(started, per_seconds - EPS) <= requests
 
 
+def test_a_send_counts_from_when_its_request_is_written() -> None:
+    """A send whose request is written after its start (a connect, a busy loop) counts from the write: the next
+    window's slot is a window after it, not after the start."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(2, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    limiter.reserve()
+    late = limiter.sent()
+    limiter.reserve()
+    on_time = limiter.sent()
+    assert late is not None and on_time is not None
+    clock.advance(0.3)
+    limiter.written(late)
+    limiter.written(on_time)  # written 0.3 s after their start, at once
+    assert limiter.reserve() == pytest.approx(1.0)
+
+
+def test_a_late_write_keeps_the_log_in_time_order_and_never_moves_a_send_earlier() -> None:
+    """The oldest of three sends written last becomes the newest: the next slot is a window after the oldest of the
+    others; a write before the send's own time (marked early) moves nothing, nor does a handle the log let go."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    handles = []
+    for _ in range(3):
+        limiter.reserve()
+        handles.append(limiter.sent())
+        clock.advance(0.1)
+    assert all(h is not None for h in handles)
+    clock.advance(0.2)  # 0.5 s after the first send: written now
+    limiter.written(handles[0])  # type: ignore[arg-type]
+    assert limiter.reserve() == pytest.approx(0.6)  # a window after the second send (0.1 s)
+    limiter.unreserve()
+    limiter.written(handles[0])  # type: ignore[arg-type]  # no later than it was: nothing moves
+    limiter.written(10_000)
+    assert limiter.reserve() == pytest.approx(0.6)
+    # A send marked before its slot keeps the slot's time, later than a write now: the write goes before it.
+    limiter = SlidingWindowLimiter(2, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    start = clock.now
+    limiter.reserve()
+    first = limiter.sent()
+    assert [limiter.reserve(), limiter.reserve()] == [0.0, pytest.approx(1.0)]
+    limiter.sent()
+    limiter.sent()  # marked early: it keeps its slot, a window after the first
+    clock.advance(0.2)
+    assert first is not None
+    limiter.written(first)
+    assert list(limiter._sends) == [start, pytest.approx(start + 0.2), pytest.approx(start + 1.0)]
+    assert limiter.reserve() == pytest.approx(1.0)  # a window after the write, the second newest
+
+
+def test_a_write_pushes_the_reservations_after_the_sends() -> None:
+    """Reservations made before a send's late write cannot be earlier than it (the log stays in order)."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    limiter.reserve()
+    handle = limiter.sent()
+    assert [limiter.reserve(), limiter.reserve()] == [0.0, 0.0]  # reserved, not started
+    clock.advance(0.4)
+    assert handle is not None
+    limiter.written(handle)
+    assert list(limiter._sends) == [pytest.approx(clock.now)] * 3
+    assert limiter.reserve() == pytest.approx(1.0)
+
+
+# too_slow: as above.
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=st.integers(min_value=1, max_value=8),
+    per_seconds=st.floats(min_value=0.05, max_value=30.0),
+    steps=st.lists(st.tuples(st.booleans(), st.floats(min_value=0.0, max_value=0.999),
+                             st.floats(min_value=0.0, max_value=2.0)), min_size=1, max_size=60),
+)
+def test_written_requests_keep_the_guarantee_when_written_within_a_window_of_their_start(
+    requests: int, per_seconds: float, steps: list[tuple[bool, float, float]],
+) -> None:
+    """Requests started as `use_slot` starts them, several in flight at once, each written any time up to a window
+    after its start (in any order), never put more than `requests` writes in one window; counted from their starts
+    they would."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(requests, per_seconds, margin=0.0, min_margin_s=0.0, clock=clock)
+    unwritten: list[tuple[float, int]] = []  # when each request in flight is written, and its handle
+    written: list[float] = []
+
+    def advance_to(at: float) -> None:
+        """Move the clock to `at`, writing on the way each request due by then, in time order."""
+        unwritten.sort()
+        while unwritten and unwritten[0][0] <= at:
+            due, handle = unwritten.pop(0)
+            clock.now = max(clock.now, due)
+            limiter.written(handle)
+            written.append(clock.now)
+        clock.now = max(clock.now, at)
+
+    for start, lag, idle in steps:
+        advance_to(clock.now + idle * per_seconds)
+        if not start:
+            continue
+        advance_to(clock.now + limiter.reserve())
+        while (delay := limiter.start_delay()) > 0:
+            advance_to(clock.now + delay)
+        handle = limiter.sent()
+        assert handle is not None
+        unwritten.append((clock.now + lag * per_seconds, handle))
+    advance_to(float("inf"))
+    if written:
+        assert max_in_any_window(written, per_seconds - EPS) <= requests
+
+
 def test_a_send_passed_by_requests_reserved_after_it_waits_for_room() -> None:
     """Two slots reserved for sends, then two look-ups reserved behind them that start first (each takes the
     oldest reserved slot): the sends may no longer go at once, `start_delay` says until when; a send on time
@@ -411,3 +525,24 @@ async def test_an_acquire_cancelled_while_it_waits_gives_its_slot_back() -> None
             async with asyncio.timeout(0.01):
                 await acquire(limiter)
     assert (limiter._pending, len(limiter._sends)) == (0, 3)
+
+
+async def test_the_slot_of_a_request_is_its_own_tasks_last_once() -> None:
+    """`slot_of_request` hands over the slot the task last took (`acquire`), once, to be counted from when it is
+    called; another task (one started from it too) gets none, nor does a second request of the same task."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(1, 1.0, margin=0.0, min_margin_s=0.0, clock=clock)
+    await acquire(limiter)
+    assert await asyncio.create_task(_slot_elsewhere()) is None
+    clock.advance(0.25)
+    assert limiter.next_delay() == pytest.approx(0.75)
+    slot = slot_of_request()
+    assert slot is not None and slot_of_request() is None
+    assert limiter.next_delay() == pytest.approx(0.75)  # counted from the call, not the hand-over
+    clock.advance(0.25)
+    slot()
+    assert limiter.next_delay() == pytest.approx(1.0)
+
+
+async def _slot_elsewhere() -> object:
+    return slot_of_request()

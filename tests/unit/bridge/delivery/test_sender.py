@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from bridge.delivery import sender
+from bridge.delivery.ratelimit import SlidingWindowLimiter, acquire
 from bridge.delivery.sender import EXCERPT_CHARS, MAX_RESPONSE_BYTES, send_once
 from bridge.offload import LOOP_ANSWER_BYTES
 from bridge.store.base import Claimed
@@ -1131,3 +1132,31 @@ def test_a_header_is_refused_exactly_when_it_holds_what_no_header_can_carry(name
         sender.check_headers({name: value}, (), "the request")
     assert problem in str(refused.value)
     assert ("its value" if header_problem(value) else "its name") in str(refused.value)
+
+
+async def test_a_request_counts_against_the_rate_limit_from_when_aiohttp_has_written_it(aiohttp_server: Any) -> None:
+    """On the delivery session a request takes the slot its task took and counts it from when aiohttp's task writing
+    it has ended, not from when its head was handed to the connection: the write may run later (here 0.5 s of the
+    limiter's clock pass while the body is written)."""
+    now = [1000.0]
+    limiter = SlidingWindowLimiter(1, 1.0, margin=0.0, min_margin_s=0.0, clock=lambda: now[0])
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"{"
+        now[0] += 0.5  # the write ends half a second after the head was buffered
+        yield b"}"
+
+    async def create(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/t", create)
+    server = await aiohttp_server(app)
+    async with aiohttp.ClientSession(request_class=sender.WrittenRequest,
+                                     response_class=sender.VendorResponse) as session:
+        await acquire(limiter)
+        async with session.post(server.make_url("/t"), data=body()) as resp:
+            assert resp.status == 200
+        await asyncio.sleep(0)  # the write task's done callbacks
+    assert limiter.next_delay() == pytest.approx(1.0)  # a window from the end of the write (0.5 from its head)
