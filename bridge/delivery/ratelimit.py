@@ -230,11 +230,18 @@ async def acquire(limiter: Limiter) -> None:
     await use_slot(limiter)
 
 
-_TAKEN: ContextVar[tuple[asyncio.Task[object] | None, Limiter, int] | None] = ContextVar("ticketbridge_slot_taken",
-                                                                                       default=None)
-"""The slot this task last took (`use_slot`) whose request is not yet written: the task, the limiter and its handle.
-A request is made and written in the task that took its slot (aiohttp writes a request's head in the task that asked
-for it); a task started from it inherits the variable, not the slot."""
+_TAKEN: ContextVar[tuple[asyncio.Task[object] | None, Callable[[], None]] | None] = ContextVar(
+    "ticketbridge_slot_taken", default=None)
+"""The slot this task last took (`use_slot`, a shared gate's `start`) whose request is not yet written: the task, and
+what counts the slot from when it is called. A request is made and written in the task that took its slot (aiohttp
+writes a request's head in the task that asked for it); a task started from it inherits the variable, not the
+slot."""
+
+
+def note_slot(written: Callable[[], None]) -> None:
+    """This task took a slot for its next request: `written` is called once that request is written
+    (`slot_of_request`), to count the slot from then."""
+    _TAKEN.set((asyncio.current_task(), written))
 
 
 async def use_slot(limiter: Limiter) -> int | None:
@@ -248,7 +255,7 @@ async def use_slot(limiter: Limiter) -> int | None:
             if delay <= 0:
                 handle = limiter.sent()
                 if handle is not None:  # None: nothing to count (unlimited), and nothing set on the way
-                    _TAKEN.set((asyncio.current_task(), limiter, handle))
+                    note_slot(functools.partial(limiter.written, handle))
                 return handle
             await asyncio.sleep(delay)
     except BaseException:
@@ -258,10 +265,10 @@ async def use_slot(limiter: Limiter) -> int | None:
 
 def slot_of_request() -> Callable[[], None] | None:
     """The slot this task last took, for the request about to be written (once): a function that counts the slot
-    from when it is called (`Limiter.written`), to be called once the request is written. None when this task took
-    no slot since its last request (a request that takes none, a slot taken in another task)."""
+    from when it is called (`Limiter.written`, a shared gate's move), to be called once the request is written. None
+    when this task took no slot since its last request (a request that takes none, a slot taken in another task)."""
     taken = _TAKEN.get()
     if taken is None or taken[0] is not asyncio.current_task():
         return None
     _TAKEN.set(None)
-    return functools.partial(taken[1].written, taken[2])
+    return taken[1]

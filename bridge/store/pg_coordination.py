@@ -29,10 +29,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import structlog
+
 from bridge.config import RateLimit
 from bridge.delivery.breaker import Breaker
 from bridge.delivery.coordination import Admission, Change, Coordination, Gate, GateView
-from bridge.delivery.ratelimit import MARGIN_SHARE, Limiter
+from bridge.delivery.ratelimit import MARGIN_SHARE, Limiter, note_slot
+
+log = structlog.get_logger("bridge.store.pg_coordination")
 
 T = TypeVar("T")
 Runner = Callable[[Callable[[Any], Awaitable[T]]], Awaitable[T]]
@@ -41,6 +45,8 @@ HELD_FOREVER = 2**63 - 1
 HOLD_RECHECK_S = 1.0
 """How often a lane held by an operator asks again: a resume in another process is seen within it."""
 CLOCK = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint"
+MOVE = "UPDATE send_slots SET at_ms = GREATEST(at_ms, (extract(epoch from clock_timestamp()) * 1000)::bigint) " \
+       "WHERE id = $1"
 
 
 class PgGate(Gate):
@@ -53,6 +59,7 @@ class PgGate(Gate):
         self._next_reset: asyncio.Future[None] | None = None  # successes' reset of the failures, not yet sent
         self._sending_reset: asyncio.Future[None] | None = None  # the reset being sent now
         self._resetting: asyncio.Task[None] | None = None  # what sends the resets asked for, one at a time
+        self._moving: set[asyncio.Task[None]] = set()  # slots being moved to when their requests were written
         if rate is None:
             self._window_ms = 1000
         else:
@@ -163,48 +170,76 @@ class PgGate(Gate):
         """A send that starts later than `punctual` after its grant was asked for (a busy process, a slow
         claim) is moved to a slot taken now, checked against the window again, waiting until one is free:
         counted at its grant, it could otherwise reach the vendor less than a window before a send granted
-        a window after that grant."""
+        a window after that grant. Its request written later than `punctual` after that (a connect, a busy
+        process) moves its slot again (`_written`)."""
         if self.rate is None or index >= len(admission.slots):
             return
         slot = admission.slots[index]
-        if time.monotonic() - admission.asked_at <= self.punctual:
-            return
+        dated = admission.asked_at
+        if time.monotonic() - dated > self.punctual:
+            slot, dated = await self._slot_now(slot)
+        note_slot(functools.partial(self._written, slot, dated))
+
+    async def _slot_now(self, slot: int | None) -> tuple[int, float]:
+        """`slot` (None: a new one) moved to now once the window has room (`_reslot`), waiting until then: its id,
+        and when it was asked for (monotonic; the database dates it within that round trip)."""
         while True:  # moved once the window has room: dated then, by the database, under the row's lock
-            wait: float = await self._run(functools.partial(self._reslot, slot))
-            if wait <= 0:
-                return
+            asked = time.monotonic()
+            wait, taken = await self._run(functools.partial(self._reslot, slot))
+            if taken is not None:
+                return taken, asked
             await asyncio.sleep(wait)
 
-    async def _reslot(self, slot: int | None, conn: Any) -> float:
-        """Move `slot` (None: a new one) to now if the window (without it) has room and no pause holds; else how
-        long to wait."""
+    async def _reslot(self, slot: int | None, conn: Any) -> tuple[float, int | None]:
+        """Move `slot` (None: a new one) to now if the window (without it) has room and no pause holds, and say
+        which slot that is; else how long to wait (and None)."""
         assert self.rate is not None
         row, now = await self._locked(conn)
         paused_until: int = row[0]
         if paused_until > now:
-            return (paused_until - now) / 1000
+            return (paused_until - now) / 1000, None
         recent: list[int] = [r[0] for r in await conn.fetch(
             "SELECT at_ms FROM send_slots WHERE destination = $1 AND at_ms > $2 AND id IS DISTINCT FROM $3 "
             "ORDER BY at_ms", self.destination, now - self._window_ms, slot)]
         if len(recent) >= self.rate.requests:
-            return (recent[len(recent) - self.rate.requests] + self._window_ms - now + 1) / 1000
+            return (recent[len(recent) - self.rate.requests] + self._window_ms - now + 1) / 1000, None
         if slot is None:
-            await conn.execute("INSERT INTO send_slots (destination, at_ms) VALUES ($1, $2)", self.destination, now)
-        else:
-            await conn.execute("INSERT INTO send_slots (id, destination, at_ms) VALUES ($1, $2, $3) "
-                               "ON CONFLICT (id) DO UPDATE SET at_ms = EXCLUDED.at_ms", slot, self.destination, now)
-        return 0.0
+            taken: int = await conn.fetchval("INSERT INTO send_slots (destination, at_ms) VALUES ($1, $2) RETURNING id",
+                                             self.destination, now)
+            return 0.0, taken
+        await conn.execute("INSERT INTO send_slots (id, destination, at_ms) VALUES ($1, $2, $3) "
+                           "ON CONFLICT (id) DO UPDATE SET at_ms = EXCLUDED.at_ms", slot, self.destination, now)
+        return 0.0, slot
+
+    def _written(self, slot: int, dated: float) -> None:
+        """The request of `slot` (dated when `dated`, monotonic) is written now. Later than `punctual` after that (a
+        connect, a busy process), the slot is moved to now, in a statement of its own (`_move`, a task: nothing
+        waits for it): counted from its date, the next window's first request could reach the vendor less than a
+        window after this one."""
+        if time.monotonic() - dated <= self.punctual:
+            return
+        task = asyncio.get_running_loop().create_task(self._move(slot), name=f"gate slot moved {self.destination}")
+        self._moving.add(task)
+        task.add_done_callback(self._moving.discard)
+
+    async def _move(self, slot: int) -> None:
+        try:
+            await self._run(functools.partial(self._moved, slot), autocommit=True)  # one statement: no BEGIN
+        except Exception as exc:  # the slot keeps its date, as before its request was written
+            log.warning("gate.slot_not_moved", destination=self.destination, error=str(exc),
+                        note="a request written late for its rate-limit slot stays counted from the slot")
+
+    @staticmethod
+    async def _moved(slot: int, conn: Any) -> None:
+        await conn.execute(MOVE, slot)
 
     async def admit_request(self) -> None:
         """A slot taken now in the shared window (`_reslot`), waiting until one is free; without a rate limit,
-        nothing to count (as `start`)."""
+        nothing to count (as `start`). Its request written late moves it, as a send's (`_written`)."""
         if self.rate is None:
             return
-        while True:
-            wait: float = await self._run(functools.partial(self._reslot, None))
-            if wait <= 0:
-                return
-            await asyncio.sleep(wait)
+        slot, dated = await self._slot_now(None)
+        note_slot(functools.partial(self._written, slot, dated))
 
     async def unused(self, admission: Admission, count: int) -> None:
         if count <= 0:

@@ -19,6 +19,7 @@ from yarl import URL
 from bridge.config import RateLimit, RetryConfig
 from bridge.delivery.coordination import Admission
 from bridge.delivery.dispatcher import Destination, Dispatcher, Timings
+from bridge.delivery.ratelimit import slot_of_request
 from bridge.events import Event
 from bridge.store.base import ClaimBatch, NewDelivery
 from bridge.store.memory import MemoryStore
@@ -265,6 +266,37 @@ async def test_a_request_beside_a_send_counts_in_the_shared_window(
     held = await ga.admit(1)
     assert (held.granted, held.held) == (0, True)
     assert 59 < held.wait_s <= 63.1
+
+
+async def test_a_request_written_late_for_its_slot_counts_from_its_write_in_every_process(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """A send started in time whose request is written 0.4 s after its slot (a connect, a busy process) has its slot
+    moved to the write, by the database's clock: another process's next send waits a window from there. Counted from
+    the slot, it would go 0.4 s sooner and reach the vendor less than a window after the late one."""
+    ga, gb = gates(two, RateLimit(requests=1, per_seconds=2))
+    admission = await ga.admit(1)
+    assert admission.granted == 1
+    await ga.start(admission, 0)
+    written = slot_of_request()
+    assert written is not None
+    [[dated]] = await slots_at(two[0])
+    await asyncio.sleep(0.4)  # the request is written late
+    written()
+
+    async def moved_on() -> bool:
+        return await slots_at(two[0]) != [[dated]]
+
+    await eventually(moved_on, timeout=10)
+    [[moved]] = await slots_at(two[0])
+    assert moved - dated >= 400
+    held = await gb.admit(1)
+    assert (held.granted, held.held) == (0, True)
+    assert held.wait_s > ga.window - 0.2  # a window from the write, less the time since it (not 0.4 s less)
+
+
+async def slots_at(store: PostgresStore) -> list[list[int]]:
+    return [[r[0]] for r in await store._run(lambda conn: conn.fetch(
+        "SELECT at_ms FROM send_slots WHERE destination = 'lsq' ORDER BY id"), transaction=False)]
 
 
 async def test_a_probe_given_back_after_its_hold_ran_out_leaves_the_probe_another_process_took(
