@@ -165,10 +165,8 @@ class SlidingWindowLimiter:
         if not self._pending:
             return None
         now = self._clock()
-        # Every slot not yet used starts now at the earliest; moving them all keeps the log in order.
         first = len(self._sends) - self._pending
-        for i in range(first, len(self._sends)):
-            self._sends[i] = max(self._sends[i], now)
+        self._reserved_not_before(now)
         self._pending -= 1
         return self._ids[first]
 
@@ -180,9 +178,15 @@ class SlidingWindowLimiter:
                 del self._ids[i]
                 return
 
+    def _reserved_not_before(self, now: float) -> None:
+        """Every reserved slot not yet used starts `now` at the earliest: a send counted from `now` (started, or
+        written) is newer than every other send, and the log stays in time order."""
+        for i in range(len(self._sends) - self._pending, len(self._sends)):
+            self._sends[i] = max(self._sends[i], now)
+
     def written(self, handle: int) -> None:
         # Among the sends, as `unsend`; moved to its place in time order (the newest send, unless one was marked
-        # before its planned slot), and the reservations after the sends no earlier, as `sent` keeps them.
+        # before its planned slot), and the reservations after the sends no earlier (`_reserved_not_before`).
         first = len(self._sends) - self._pending
         for i in range(first - 1, -1, -1):
             if self._ids[i] == handle:
@@ -196,8 +200,7 @@ class SlidingWindowLimiter:
                     at -= 1
                 self._sends.insert(at, now)
                 self._ids.insert(at, handle)
-                for j in range(first, len(self._sends)):
-                    self._sends[j] = max(self._sends[j], now)
+                self._reserved_not_before(now)
                 return
 
     def pause(self, seconds: float) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
+ROOT = Path(__file__).resolve().parents[2]
 DSN = os.environ.get("TICKETBRIDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -23,11 +24,13 @@ def free_port() -> int:
         return port
 
 
-def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], log: Path, module: str = "bridge", cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """`python -m module args` in a session of its own, its output appended to `log` (`cwd`: from there; the
+    project's root, ROOT, runs a module of the tests)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "bridge", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True, cwd=cwd)
 
 
 async def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -4,8 +4,6 @@ refused with 429, and all 500 arrive."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from bisect import bisect_left, bisect_right
 from itertools import pairwise
 from pathlib import Path
@@ -16,9 +14,7 @@ import pytest
 
 from tests.conftest import AppClient, ConfigFactory, eventually, runtime
 from tests.integration.leadsquared_vendor import ACCESS_KEY, ORG, SECRET_KEY
-from tests.integration.processes import free_port, stop, wait_http
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.processes import ROOT, free_port, spawn, stop, wait_http
 
 EVENTS = 500
 LIMIT = 25
@@ -41,17 +37,11 @@ def max_in_any_window(times: list[float], width: float) -> int:
     return max(bisect_right(ordered, t + width) - bisect_left(ordered, t) for t in ordered)
 
 
-def start_vendor(port: int, per_seconds: float, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "tests.integration.leadsquared_vendor", str(port), str(LIMIT),
-                                 str(per_seconds)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
 async def run_burst(write_config: ConfigFactory, bridge_client: AppClient, tmp_path: Path,
                     per_seconds: float, rate_limit: str) -> dict[str, Any]:
     port = free_port()
-    vendor = start_vendor(port, per_seconds, tmp_path / "vendor.log")
+    vendor = spawn([str(port), str(LIMIT), str(per_seconds)], tmp_path / "vendor.log",
+                   module="tests.integration.leadsquared_vendor", cwd=ROOT)
     try:
         base = f"http://127.0.0.1:{port}"
         await wait_http(f"{base}/tickets", vendor)

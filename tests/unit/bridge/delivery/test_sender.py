@@ -1153,8 +1153,7 @@ async def test_a_request_counts_against_the_rate_limit_from_when_aiohttp_has_wri
     app = web.Application()
     app.router.add_post("/t", create)
     server = await aiohttp_server(app)
-    async with aiohttp.ClientSession(request_class=sender.WrittenRequest,
-                                     response_class=sender.VendorResponse) as session:
+    async with traced_session() as session:
         await acquire(limiter)
         async with session.post(server.make_url("/t"), data=body()) as resp:
             assert resp.status == 200
